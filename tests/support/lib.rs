@@ -1,0 +1,2 @@
+//! Shared fixtures for the workspace-level integration tests in `tests/` and
+//! the benchmarks in `benches/`.
