@@ -721,11 +721,13 @@ mod tests {
         assert!(seen["decode"] > 0, "{seen:?}");
     }
 
+    type Edit = dyn Fn(&mut pb::Header, &mut pb::Sealed);
+
     #[test]
     fn changing_label_recipients_or_expiry_breaks_the_signature() {
         let f = net();
         let env = seal_from_uppsala(&f, &draft(&["msb"], b"report"));
-        let edits: Vec<(&str, Box<dyn Fn(&mut pb::Header, &mut pb::Sealed)>)> = vec![
+        let edits: Vec<(&str, Box<Edit>)> = vec![
             (
                 "label down",
                 Box::new(|h, _| h.label = Some(Label::new(Class::Open).to_proto())),

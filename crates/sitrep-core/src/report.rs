@@ -318,7 +318,7 @@ mod tests {
         r.version = 0;
         r.preparedness_level = 42;
         r.beds[0].r#type = 0;
-        r.beds.push(r.beds[1].clone());
+        r.beds.push(r.beds[1]);
         r.period = None;
         let fields: Vec<String> = validate(&r)
             .expect_err("invalid")

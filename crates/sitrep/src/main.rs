@@ -1,1 +1,23 @@
-fn main() {}
+//! `sitrep`: the one binary. Parses the command line and hands off; every
+//! failure ends with a one-line reason on stderr and a non-zero exit.
+
+mod cli;
+mod devpki;
+mod roster_cmd;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined.
+            eprintln!("sitrep: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

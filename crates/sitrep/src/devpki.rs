@@ -1,0 +1,432 @@
+//! `sitrep dev-pki`: a complete development PKI for a topology.
+//!
+//! Writes, under `--out DIR`:
+//! - `admin.key`, `admin.pub`: the network administrator's Ed25519 key.
+//! - `roster.bin`: the signed roster.
+//! - `ca/<channel>-ca.crt` and `ca/<channel>-ca.key`: one CA per channel.
+//! - per node, `<id>/`: `node.toml`, `signing.key` (Ed25519), `hpke.key`
+//!   (X25519), and per channel `<channel>.crt`, `<channel>.key`, `<channel>-ca.crt`.
+//!
+//! Paths in `node.toml` are relative to it, so `sitrep node --config
+//! DIR/<id>/node.toml` runs as it is. Development only: private keys sit
+//! next to the configs, unencrypted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow, ensure};
+use rand::RngCore as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::Deserialize;
+use sitrep_core::policy::check_channel_max;
+use sitrep_core::{Channel, Class, NodeId};
+use sitrep_crypto::{HpkeSecretKey, SigningKey, keyfile};
+use sitrep_proto::v1 as pb;
+use time::OffsetDateTime;
+
+use crate::util::now_ms;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The topology file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Topology {
+    network: String,
+    #[serde(default = "one")]
+    roster_serial: u64,
+    #[serde(default = "year")]
+    roster_validity_days: u32,
+    #[serde(default = "year")]
+    cert_validity_days: u32,
+    nodes: Vec<TopologyNode>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn year() -> u32 {
+    365
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyNode {
+    id: String,
+    name: String,
+    kind: String,
+    #[serde(default)]
+    region_code: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    clearance: String,
+    api: SocketAddr,
+    #[serde(default)]
+    peers: Vec<String>,
+    channels: BTreeMap<String, TopologyChannel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopologyChannel {
+    listen: SocketAddr,
+    max_class: Option<String>,
+}
+
+/// A node of the topology, validated.
+struct Node {
+    id: NodeId,
+    name: String,
+    kind: pb::NodeKind,
+    region_code: String,
+    roles: Vec<String>,
+    clearance: Class,
+    api: SocketAddr,
+    peers: Vec<NodeId>,
+    /// channel → (listen, max_class)
+    channels: BTreeMap<Channel, (SocketAddr, Class)>,
+}
+
+fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
+    ensure!(!t.nodes.is_empty(), "topology: no nodes");
+    ensure!(
+        t.roster_validity_days > 0,
+        "topology: roster_validity_days must be at least 1"
+    );
+    ensure!(
+        t.cert_validity_days > 0,
+        "topology: cert_validity_days must be at least 1"
+    );
+    let mut nodes = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, n) in t.nodes.iter().enumerate() {
+        let at = format!("topology nodes[{i}]");
+        let id = NodeId::new(&n.id).with_context(|| format!("{at}.id"))?;
+        ensure!(seen.insert(id.clone()), "{at}.id: {id} appears twice");
+        let kind = pb::NodeKind::from_str_name(&n.kind)
+            .filter(|k| *k != pb::NodeKind::Unspecified)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{at}.kind: {:?} is not REGION, AUTHORITY, HUB, COUNTY_BOARD, MUNICIPALITY or HOSPITAL",
+                    n.kind
+                )
+            })?;
+        let clearance = Class::parse(&n.clearance).ok_or_else(|| {
+            anyhow!(
+                "{at}.clearance: {:?} is not a class (OPEN ... TOP_SECRET)",
+                n.clearance
+            )
+        })?;
+        ensure!(
+            !n.channels.is_empty(),
+            "{at}.channels: a node needs at least one channel"
+        );
+        let mut channels = BTreeMap::new();
+        for (name, c) in &n.channels {
+            let channel = Channel::parse(name)
+                .ok_or_else(|| anyhow!("{at}.channels.{name}: not a channel (open or secure)"))?;
+            let max = match &c.max_class {
+                Some(m) => Class::parse(m)
+                    .ok_or_else(|| anyhow!("{at}.channels.{name}.max_class: {m:?} is not a class"))?,
+                None => channel.ceiling().min(clearance),
+            };
+            check_channel_max(channel, max).with_context(|| format!("{at}.channels.{name}.max_class"))?;
+            ensure!(
+                max <= clearance,
+                "{at}.channels.{name}.max_class: {max} is above the node's clearance {clearance}"
+            );
+            channels.insert(channel, (c.listen, max));
+        }
+        let peers = n
+            .peers
+            .iter()
+            .map(|p| NodeId::new(p).with_context(|| format!("{at}.peers")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        nodes.push(Node {
+            id,
+            name: n.name.clone(),
+            kind,
+            region_code: n.region_code.clone(),
+            roles: n.roles.clone(),
+            clearance,
+            api: n.api,
+            peers,
+            channels,
+        });
+    }
+    for n in &nodes {
+        for p in &n.peers {
+            let peer = nodes
+                .iter()
+                .find(|m| &m.id == p)
+                .ok_or_else(|| anyhow!("topology node {}: peer {p} is not a node of the topology", n.id))?;
+            ensure!(
+                n.channels.keys().any(|c| peer.channels.contains_key(c)),
+                "topology node {}: peer {p} shares no channel with it",
+                n.id
+            );
+        }
+    }
+    Ok((t, nodes))
+}
+
+pub(crate) fn run(topology: &Path, out: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(topology).with_context(|| format!("topology {}", topology.display()))?;
+    let parsed: Topology =
+        toml::from_str(&text).with_context(|| format!("topology {}", topology.display()))?;
+    let (t, nodes) = validate(parsed)?;
+    if out.exists() {
+        let empty = std::fs::read_dir(out)
+            .with_context(|| format!("--out {}", out.display()))?
+            .next()
+            .is_none();
+        ensure!(
+            empty,
+            "--out {}: exists and is not empty; refusing to overwrite a PKI",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out.join("ca")).with_context(|| format!("--out {}", out.display()))?;
+    let now = now_ms()?;
+
+    let admin = SigningKey::generate()?;
+    keyfile::write_signing_key(&out.join("admin.key"), &admin)?;
+    keyfile::write_verifying_key(&out.join("admin.pub"), &admin.verifying_key())?;
+
+    let not_before = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let not_after = OffsetDateTime::now_utc() + time::Duration::days(i64::from(t.cert_validity_days));
+
+    // One CA per channel in use.
+    let used: BTreeSet<Channel> = nodes.iter().flat_map(|n| n.channels.keys().copied()).collect();
+    let mut cas = BTreeMap::new();
+    for channel in used {
+        let key = KeyPair::generate()?;
+        write_new(
+            &out.join(format!("ca/{channel}-ca.key")),
+            key.serialize_pem().as_bytes(),
+        )?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(
+            DnType::CommonName,
+            format!("{} {channel} channel CA (development only)", t.network),
+        );
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.not_before = not_before;
+        p.not_after = not_after;
+        let ca = CertifiedIssuer::self_signed(p, key)?;
+        write_new(&out.join(format!("ca/{channel}-ca.crt")), ca.pem().as_bytes())?;
+        cas.insert(channel, ca);
+    }
+
+    let mut entries = Vec::new();
+    for n in &nodes {
+        let dir = out.join(n.id.as_str());
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        let signing = SigningKey::generate()?;
+        let hpke = HpkeSecretKey::generate()?;
+        keyfile::write_signing_key(&dir.join("signing.key"), &signing)?;
+        keyfile::write_hpke_key(&dir.join("hpke.key"), &hpke)?;
+        for channel in n.channels.keys() {
+            let ca = cas.get(channel).ok_or_else(|| anyhow!("no CA for {channel}"))?;
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::default();
+            p.distinguished_name = DistinguishedName::new();
+            p.distinguished_name.push(DnType::CommonName, n.id.as_str());
+            p.subject_alt_names = vec![
+                SanType::URI(n.id.uri_san().try_into()?),
+                SanType::DnsName(format!("{}.sitrep.invalid", n.id).try_into()?),
+            ];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.use_authority_key_identifier_extension = true;
+            p.not_before = not_before;
+            p.not_after = not_after;
+            let cert = p.signed_by(&key, ca)?;
+            write_new(&dir.join(format!("{channel}.crt")), cert.pem().as_bytes())?;
+            write_new(
+                &dir.join(format!("{channel}.key")),
+                key.serialize_pem().as_bytes(),
+            )?;
+            write_new(&dir.join(format!("{channel}-ca.crt")), ca.pem().as_bytes())?;
+        }
+        write_new(&dir.join("node.toml"), node_config(n, &nodes).as_bytes())?;
+        entries.push(pb::NodeEntry {
+            id: n.id.to_string(),
+            name: n.name.clone(),
+            kind: n.kind as i32,
+            roles: n.roles.clone(),
+            clearance: n.clearance.to_proto() as i32,
+            channels: n.channels.keys().map(|c| c.to_proto() as i32).collect(),
+            signing_key: signing.verifying_key().as_bytes().to_vec(),
+            hpke_key: hpke.public_key().as_bytes().to_vec(),
+            region_code: n.region_code.clone(),
+        });
+    }
+
+    let roster = pb::Roster {
+        serial: t.roster_serial,
+        issued_unix_ms: now,
+        not_before_unix_ms: now - DAY_MS,
+        not_after_unix_ms: now + i64::from(t.roster_validity_days) * DAY_MS,
+        nodes: entries,
+        network: t.network.clone(),
+    };
+    let signed = sitrep_core::roster::sign(&roster, &admin);
+    sitrep_core::Roster::verify(&signed, &admin.verifying_key(), None, now)
+        .context("the roster just signed")?;
+    write_new(&out.join("roster.bin"), &signed)?;
+    write_new(&out.join("README.md"), readme(&t.network).as_bytes())?;
+    println!(
+        "wrote a development PKI for {} ({} nodes, roster serial {}) to {}",
+        t.network,
+        nodes.len(),
+        t.roster_serial,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Writes a new file (never overwrites), `0600` because several are private keys.
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).with_context(|| format!("{}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("{}", path.display()))
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn node_config(n: &Node, all: &[Node]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# {} ({}): generated by `sitrep dev-pki`. DEVELOPMENT ONLY.",
+        n.id, n.name
+    );
+    let _ = writeln!(s, "# Paths are relative to this file.\n");
+    let _ = writeln!(s, "[node]");
+    let _ = writeln!(s, "id = \"{}\"", n.id);
+    let _ = writeln!(s, "data_dir = \"data\"");
+    let _ = writeln!(s, "roster = \"../roster.bin\"");
+    let _ = writeln!(s, "admin_key = \"../admin.pub\"");
+    let _ = writeln!(s, "signing_key = \"signing.key\"");
+    let _ = writeln!(s, "hpke_key = \"hpke.key\"");
+    for (channel, (listen, max)) in &n.channels {
+        let _ = writeln!(s, "\n[channels.{channel}]");
+        let _ = writeln!(s, "listen = \"{listen}\"");
+        let _ = writeln!(s, "ca = \"{channel}-ca.crt\"");
+        let _ = writeln!(s, "cert = \"{channel}.crt\"");
+        let _ = writeln!(s, "key = \"{channel}.key\"");
+        let _ = writeln!(s, "max_class = \"{max}\"");
+        let _ = writeln!(s, "store = \"data/{channel}\"");
+    }
+    let mut defaults = BTreeMap::new();
+    for p in &n.peers {
+        let Some(peer) = all.iter().find(|m| &m.id == p) else {
+            continue;
+        };
+        for (channel, (addr, _)) in &peer.channels {
+            if n.channels.contains_key(channel) {
+                let _ = writeln!(s, "\n[[peers]]");
+                let _ = writeln!(s, "id = \"{p}\"");
+                let _ = writeln!(s, "channel = \"{channel}\"");
+                let _ = writeln!(s, "address = \"{addr}\"");
+                defaults.entry(*channel).or_insert_with(Vec::new).push(p.clone());
+            }
+        }
+    }
+    // A node with a single peer on a channel sends everything there.
+    let _ = writeln!(s, "\n[routes.default]");
+    for (channel, peers) in &defaults {
+        if let [only] = peers.as_slice() {
+            let _ = writeln!(s, "{channel} = \"{only}\"");
+        }
+    }
+    let _ = writeln!(s, "\n[api]");
+    let _ = writeln!(s, "listen = \"{}\"", n.api);
+    let _ = writeln!(s, "\n[api.tokens]");
+    for role in ["reporter", "reader", "operator"] {
+        let _ = writeln!(s, "{role} = \"{}\"", random_token());
+    }
+    s
+}
+
+fn readme(network: &str) -> String {
+    format!(
+        "# Development PKI for {network}\n\n\
+         **For development and tests only.** Made by `sitrep dev-pki`. Every private key here\n\
+         (administrator, CAs, nodes) is unencrypted and, if this directory is in git, public.\n\
+         Never use these keys, certificates or tokens for real traffic.\n\n\
+         - `admin.key`, `admin.pub`: network administrator key (signs the roster).\n\
+         - `roster.bin`: the signed roster. Check it with\n  \
+           `sitrep roster verify --roster roster.bin --admin-key admin.pub`.\n\
+         - `ca/`: one CA per channel.\n\
+         - `<node>/node.toml`: that node's config; `<node>/*.key`, `*.crt`: its keys and certificates.\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo(extra: &str) -> anyhow::Result<(Topology, Vec<Node>)> {
+        let text = format!(
+            "network = \"t\"\n{extra}\n[[nodes]]\nid = \"a\"\nname = \"A\"\nkind = \"REGION\"\nclearance = \"SECRET\"\n\
+             api = \"127.0.0.1:1\"\npeers = [\"b\"]\nchannels.open = {{ listen = \"127.0.0.1:2\" }}\n\
+             [[nodes]]\nid = \"b\"\nname = \"B\"\nkind = \"HUB\"\nclearance = \"SENSITIVE\"\n\
+             api = \"127.0.0.1:3\"\nchannels.open = {{ listen = \"127.0.0.1:4\" }}\n"
+        );
+        validate(toml::from_str(&text)?)
+    }
+
+    #[test]
+    fn a_valid_topology_validates() {
+        let (_, nodes) = topo("").expect("valid");
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].channels[&Channel::Open].1, Class::Sensitive);
+    }
+
+    #[test]
+    fn bad_topologies_name_the_key() {
+        let e = topo("bogus = 1").err().expect("unknown key refused");
+        assert!(format!("{e:#}").contains("bogus"), "{e:#}");
+        let text = "network = \"t\"\n[[nodes]]\nid = \"A\"\nname = \"A\"\nkind = \"REGION\"\nclearance = \"SECRET\"\napi = \"127.0.0.1:1\"\nchannels.open = { listen = \"127.0.0.1:2\" }\n";
+        let e = validate(toml::from_str(text).expect("parses"))
+            .err()
+            .expect("bad id refused");
+        assert!(format!("{e:#}").contains("nodes[0].id"), "{e:#}");
+        let text = text
+            .replace("id = \"A\"", "id = \"a\"")
+            .replace("channels.open", "channels.secure");
+        let text = text.replace("127.0.0.1:2\" }", "127.0.0.1:2\", max_class = \"SENSITIVE\" }");
+        let e = validate(toml::from_str(&text).expect("parses"))
+            .err()
+            .expect("bad max refused");
+        assert!(format!("{e:#}").contains("channels.secure.max_class"), "{e:#}");
+    }
+}
