@@ -38,6 +38,10 @@ mod tests {
     macro_rules! roundtrip_tests {
         ($($name:ident: $ty:ty),* $(,)?) => {
             proptest! {
+                // Derived strategies size every repeated field by
+                // PROPTEST_MAX_DEFAULT_SIZE_RANGE, set to 6 in .cargo/config.toml:
+                // at proptest's default of 100, nested repeated messages
+                // (roll-up → rows → supplies) take minutes per test.
                 #![proptest_config(ProptestConfig::with_cases(256))]
                 $(
                     #[test]
