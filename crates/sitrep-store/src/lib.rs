@@ -1,0 +1,201 @@
+//! Durable store-and-forward storage for one channel of a sitrep node, on sled.
+//!
+//! One [`SledStore`] per channel, each in its own directory (so the `secure`
+//! store can live on its own encrypted volume). It holds:
+//!
+//! - **messages**: the custody copy of each envelope this node must still
+//!   forward, with a reference count of the outbox copies that need it;
+//! - **outboxes**: one per next hop, ordered by precedence (highest first)
+//!   then by arrival sequence;
+//! - **dedup**: every message id seen, kept until well after the message's
+//!   expiry so a replay is refused also after a restart;
+//! - **inbox**: envelopes delivered here, under a monotonic cursor (kept
+//!   sealed: they are opened when read);
+//! - **delivery states**: per (message, recipient), at the origin.
+//!
+//! Writes go through [`Storage::apply`] as a list of [`Op`]s that belong
+//! together and are applied atomically (one sled batch). A single writer
+//! thread owns all writes and does **group commit**: it applies every job
+//! waiting in its queue, then flushes once, and only then answers each
+//! caller. So an `Ok` means the write is on disk (custody), and many
+//! messages share one fsync under load.
+//!
+//! Reads go straight to sled from any thread.
+//!
+//! Not here: what to store (routing, policy: `sitrep-core`), networking.
+
+mod keys;
+mod records;
+mod sled_store;
+
+pub use records::{DeliveryRecord, DeliveryState, HopStats, InboxEntry, Queued};
+pub use sled_store::{DEDUP_RETENTION_MS, SledStore};
+
+use std::future::Future;
+use std::pin::Pin;
+
+use sitrep_core::{MessageId, NodeId, Precedence};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The message id was seen before (replay, or a retransmission of a
+    /// message already in custody). Nothing was written.
+    #[error("message {0} was seen before")]
+    Duplicate(MessageId),
+    /// The database failed (I/O, disk full, corruption). Nothing of the job
+    /// is acknowledged; the caller must not ack upstream.
+    #[error("store {path}: {source}")]
+    Db {
+        /// The store's directory.
+        path: String,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored record does not decode: the database is corrupt.
+    #[error("store record {key} does not decode: {detail}")]
+    Corrupt {
+        /// Which key.
+        key: String,
+        /// Decoder message.
+        detail: String,
+    },
+    /// The store's writer has stopped (the node is shutting down).
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Result of one storage call.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One copy of a message queued for one next hop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// The next hop.
+    pub next_hop: NodeId,
+    /// Recipients this copy serves.
+    pub serves: Vec<NodeId>,
+}
+
+/// Take custody of a message: check it was never seen, record its id for
+/// dedup, keep the envelope, queue copies and/or deliver it to the inbox,
+/// and start delivery tracking at the origin. All or nothing.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// Message id.
+    pub id: MessageId,
+    /// The encoded envelope, exactly as received or sealed.
+    pub envelope: Vec<u8>,
+    /// Precedence, for outbox order.
+    pub precedence: Precedence,
+    /// Expiry, ms since the epoch.
+    pub expires_ms: i64,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+    /// Hops taken to reach here (0 at the origin).
+    pub hop_count: u32,
+    /// Copies to queue, one per next hop.
+    pub copies: Vec<Copy>,
+    /// Deliver to this node's inbox.
+    pub inbox: bool,
+    /// Track delivery per recipient (at the origin): each starts `QUEUED`.
+    pub track: Vec<NodeId>,
+}
+
+/// A write. A job is a list of these, applied atomically.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Op {
+    /// See [`Ingest`].
+    Ingest(Ingest),
+    /// The next hop took custody (answered `Accepted`, or said it already
+    /// had the message): drop our copy for it; at the origin, the recipients
+    /// it serves become `FORWARDED`.
+    Forwarded {
+        /// Message.
+        id: MessageId,
+        /// The hop that took it.
+        next_hop: NodeId,
+        /// Now.
+        now_ms: i64,
+    },
+    /// The next hop refused permanently: drop our copy; the recipients it
+    /// serves become `REJECTED` with the reason.
+    Rejected {
+        /// Message.
+        id: MessageId,
+        /// The hop that refused.
+        next_hop: NodeId,
+        /// Why.
+        reason: String,
+        /// Now.
+        now_ms: i64,
+    },
+    /// A signed receipt came back: `recipient` delivered message `id`.
+    Delivered {
+        /// Message.
+        id: MessageId,
+        /// Recipient that delivered it.
+        recipient: NodeId,
+        /// When, by the recipient's clock.
+        delivered_ms: i64,
+    },
+    /// Drop everything that expired by `now_ms`: copies become `EXPIRED` at
+    /// the origin. Also forgets dedup entries past their retention.
+    ExpireDue {
+        /// Now.
+        now_ms: i64,
+    },
+}
+
+/// What a job did, one entry per op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Stored.
+    Done,
+    /// The op referred to something no longer there (already forwarded,
+    /// expired, unknown): nothing to do.
+    Gone,
+    /// Ids that expired, with the next hops whose copies were dropped.
+    Expired(Vec<(MessageId, Vec<NodeId>)>),
+}
+
+/// A boxed future, for the object-safe trait.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The seam between the node and its embedded database: routing and
+/// delivery use only this, so another engine could replace sled.
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies `ops` atomically and resolves once they are durable.
+    fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Outcome>>>;
+    /// Up to `limit` queued copies for `next_hop`, in send order
+    /// (precedence desc, sequence asc), skipping ids for which `skip` is true.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Corrupt`].
+    fn outbox_peek(&self, next_hop: &NodeId, limit: usize, skip: &dyn Fn(&MessageId) -> bool) -> Result<Vec<Queued>>;
+    /// Whether `id` was ever taken into custody here.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`].
+    fn seen(&self, id: &MessageId) -> Result<bool>;
+    /// Inbox entries with cursor greater than `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Corrupt`].
+    fn inbox_after(&self, after: u64, limit: usize) -> Result<Vec<InboxEntry>>;
+    /// Delivery state per recipient of a message originated here.
+    ///
+    /// # Errors
+    /// [`StoreError::Db`] or [`StoreError::Corrupt`].
+    fn delivery(&self, id: &MessageId) -> Result<Vec<DeliveryRecord>>;
+    /// Depth, bytes and oldest queued time per next hop.
+    fn outbox_stats(&self) -> Vec<HopStats>;
+    /// Bytes the database takes on disk.
+    fn disk_bytes(&self) -> u64;
+    /// Flushes and stops the writer. Later `apply` calls fail with `Closed`.
+    fn close(&self);
+}

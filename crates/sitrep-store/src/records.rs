@@ -1,0 +1,193 @@
+//! Stored records (prost-encoded) and the public views of them.
+
+use sitrep_core::{MessageId, NodeId, Precedence};
+
+use crate::StoreError;
+
+/// `m` + id: a message this node must still forward.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct MessageRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) envelope: Vec<u8>,
+    /// Outbox copies that still need it.
+    #[prost(uint32, tag = "2")]
+    pub(crate) refs: u32,
+    #[prost(int64, tag = "3")]
+    pub(crate) expires_ms: i64,
+    #[prost(int32, tag = "4")]
+    pub(crate) precedence: i32,
+    #[prost(uint32, tag = "5")]
+    pub(crate) hop_count: u32,
+}
+
+/// `o` key's value: one queued copy.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct OutboxRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) id: Vec<u8>,
+    #[prost(string, repeated, tag = "2")]
+    pub(crate) serves: Vec<String>,
+    #[prost(int64, tag = "3")]
+    pub(crate) queued_ms: i64,
+    #[prost(uint64, tag = "4")]
+    pub(crate) bytes: u64,
+    /// The `a` key of this copy.
+    #[prost(bytes = "vec", tag = "5")]
+    pub(crate) age_key: Vec<u8>,
+}
+
+/// `a` key's value: where the copy is, and its size and age.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct AgeRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) outbox_key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub(crate) queued_ms: i64,
+    #[prost(uint64, tag = "3")]
+    pub(crate) bytes: u64,
+}
+
+/// `n` + cursor.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct InboxRecord {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) envelope: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub(crate) received_ms: i64,
+}
+
+/// `s` + id + recipient.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct DeliveryPb {
+    #[prost(int32, tag = "1")]
+    pub(crate) state: i32,
+    #[prost(string, tag = "2")]
+    pub(crate) hop: String,
+    #[prost(int64, tag = "3")]
+    pub(crate) at_ms: i64,
+    #[prost(string, tag = "4")]
+    pub(crate) reason: String,
+}
+
+pub(crate) fn decode<M: prost::Message + Default>(key: &[u8], bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).escape_default().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// A queued copy, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Message id.
+    pub id: MessageId,
+    /// The encoded envelope.
+    pub envelope: Vec<u8>,
+    /// Recipients this copy serves.
+    pub serves: Vec<NodeId>,
+    /// Hops taken to reach this node.
+    pub hop_count: u32,
+    /// Precedence.
+    pub precedence: Precedence,
+    /// When it was queued here.
+    pub queued_ms: i64,
+}
+
+/// A message delivered to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// Monotonic cursor.
+    pub cursor: u64,
+    /// Message id.
+    pub id: MessageId,
+    /// The envelope, still sealed.
+    pub envelope: Vec<u8>,
+    /// When it was delivered here.
+    pub received_ms: i64,
+}
+
+/// Delivery state of a message for one recipient, at the origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeliveryState {
+    /// In our outbox.
+    Queued,
+    /// A next hop has custody.
+    Forwarded,
+    /// The recipient's signed receipt came back.
+    Delivered,
+    /// Refused permanently.
+    Rejected,
+    /// Expired before delivery.
+    Expired,
+}
+
+impl DeliveryState {
+    /// The API spelling.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Forwarded => "FORWARDED",
+            Self::Delivered => "DELIVERED",
+            Self::Rejected => "REJECTED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+
+    /// Whether nothing will change it any more.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Delivered | Self::Rejected | Self::Expired)
+    }
+
+    pub(crate) fn to_i32(self) -> i32 {
+        match self {
+            Self::Queued => 1,
+            Self::Forwarded => 2,
+            Self::Delivered => 3,
+            Self::Rejected => 4,
+            Self::Expired => 5,
+        }
+    }
+
+    pub(crate) fn from_i32(v: i32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Queued,
+            2 => Self::Forwarded,
+            3 => Self::Delivered,
+            4 => Self::Rejected,
+            5 => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// Delivery of one message to one recipient, at the origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The recipient.
+    pub recipient: NodeId,
+    /// Its state.
+    pub state: DeliveryState,
+    /// The hop that took custody (`FORWARDED`).
+    pub hop: Option<NodeId>,
+    /// When the state was reached (for `DELIVERED`, the recipient's time).
+    pub at_ms: i64,
+    /// Why (`REJECTED`).
+    pub reason: String,
+}
+
+/// One outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopStats {
+    /// The next hop.
+    pub next_hop: NodeId,
+    /// Copies queued.
+    pub depth: u64,
+    /// Envelope bytes queued.
+    pub bytes: u64,
+    /// When the oldest copy was queued.
+    pub oldest_queued_ms: Option<i64>,
+}
