@@ -22,6 +22,7 @@ pub mod label;
 pub mod policy;
 pub mod report;
 pub mod roster;
+pub mod routing;
 
 pub use envelope::{Draft, HeaderInfo, OpenError, SealError, SealedEnvelope, Verified};
 pub use id::{MessageId, NodeId};

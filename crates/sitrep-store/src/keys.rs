@@ -88,12 +88,16 @@ pub(crate) fn ms(v: i64) -> [u8; 8] {
 
 /// The id at the end of an `x` or `D` key.
 pub(crate) fn trailing_id(key: &[u8]) -> Option<MessageId> {
-    key.len().checked_sub(16).and_then(|at| MessageId::from_slice(&key[at..]).ok())
+    key.len()
+        .checked_sub(16)
+        .and_then(|at| MessageId::from_slice(&key[at..]).ok())
 }
 
 /// The big-endian u64 at `at` of a key.
 pub(crate) fn u64_at(key: &[u8], at: usize) -> Option<u64> {
-    key.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+    key.get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 #[cfg(test)]

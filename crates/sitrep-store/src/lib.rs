@@ -176,7 +176,12 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// [`StoreError::Db`] or [`StoreError::Corrupt`].
-    fn outbox_peek(&self, next_hop: &NodeId, limit: usize, skip: &dyn Fn(&MessageId) -> bool) -> Result<Vec<Queued>>;
+    fn outbox_peek(
+        &self,
+        next_hop: &NodeId,
+        limit: usize,
+        skip: &dyn Fn(&MessageId) -> bool,
+    ) -> Result<Vec<Queued>>;
     /// Whether `id` was ever taken into custody here.
     ///
     /// # Errors

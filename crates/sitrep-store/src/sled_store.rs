@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::keys;
 use crate::records::{AgeRecord, DeliveryPb, InboxRecord, MessageRecord, OutboxRecord, decode};
 use crate::{
-    BoxFuture, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued, Result, Storage,
-    StoreError,
+    BoxFuture, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued, Result,
+    Storage, StoreError,
 };
 
 /// 7 days past expiry: dedup entries must outlive a message so that a
@@ -57,7 +57,9 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("SledStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -131,7 +133,8 @@ impl SledStore {
     pub fn apply_blocking(&self, ops: Vec<Op>) -> Result<Vec<Outcome>> {
         let (reply, rx) = oneshot::channel();
         let tx = lock(&self.inner.jobs).clone().ok_or(StoreError::Closed)?;
-        tx.blocking_send(Job { ops, reply }).map_err(|_| StoreError::Closed)?;
+        tx.blocking_send(Job { ops, reply })
+            .map_err(|_| StoreError::Closed)?;
         rx.blocking_recv().map_err(|_| StoreError::Closed)?
     }
 }
@@ -141,12 +144,19 @@ impl Storage for SledStore {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
             let tx = lock(&self.inner.jobs).clone().ok_or(StoreError::Closed)?;
-            tx.send(Job { ops, reply }).await.map_err(|_| StoreError::Closed)?;
+            tx.send(Job { ops, reply })
+                .await
+                .map_err(|_| StoreError::Closed)?;
             rx.await.map_err(|_| StoreError::Closed)?
         })
     }
 
-    fn outbox_peek(&self, next_hop: &NodeId, limit: usize, skip: &dyn Fn(&MessageId) -> bool) -> Result<Vec<Queued>> {
+    fn outbox_peek(
+        &self,
+        next_hop: &NodeId,
+        limit: usize,
+        skip: &dyn Fn(&MessageId) -> bool,
+    ) -> Result<Vec<Queued>> {
         let mut out = Vec::new();
         for item in self.inner.db.scan_prefix(keys::outbox_prefix(next_hop)) {
             if out.len() >= limit {
@@ -177,7 +187,10 @@ impl Storage for SledStore {
     }
 
     fn seen(&self, id: &MessageId) -> Result<bool> {
-        self.inner.db.contains_key(keys::dedup(id)).map_err(|e| self.db_err(e))
+        self.inner
+            .db
+            .contains_key(keys::dedup(id))
+            .map_err(|e| self.db_err(e))
     }
 
     fn inbox_after(&self, after: u64, limit: usize) -> Result<Vec<InboxEntry>> {
@@ -369,7 +382,10 @@ impl<'a> Tx<'a> {
             }
             merged.insert(k.clone(), v.clone());
         }
-        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect())
+        Ok(merged
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect())
     }
 }
 
@@ -509,7 +525,10 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters) -> Result<Outcom
             tx.put(keys::delivery(&i.id, r), rec.encode_to_vec());
         }
         // Tracked deliveries still open at expiry become EXPIRED.
-        tx.put([b"t", &keys::ms(i.expires_ms)[..], &i.id.as_bytes()[..]].concat(), Vec::new());
+        tx.put(
+            [b"t", &keys::ms(i.expires_ms)[..], &i.id.as_bytes()[..]].concat(),
+            Vec::new(),
+        );
     }
     Ok(Outcome::Done)
 }
@@ -540,7 +559,9 @@ fn remove_copy(tx: &mut Tx<'_>, id: &MessageId, hop: &NodeId) -> Result<Option<V
             tx.put(mk, m.encode_to_vec());
         }
     }
-    Ok(Some(rec.serves.iter().filter_map(|s| NodeId::new(s).ok()).collect()))
+    Ok(Some(
+        rec.serves.iter().filter_map(|s| NodeId::new(s).ok()).collect(),
+    ))
 }
 
 fn set_state(
@@ -593,11 +614,13 @@ fn settle(
 }
 
 fn delivered(tx: &mut Tx<'_>, id: &MessageId, recipient: &NodeId, at_ms: i64) -> Result<Outcome> {
-    Ok(if set_state(tx, id, recipient, DeliveryState::Delivered, None, "", at_ms)? {
-        Outcome::Done
-    } else {
-        Outcome::Gone
-    })
+    Ok(
+        if set_state(tx, id, recipient, DeliveryState::Delivered, None, "", at_ms)? {
+            Outcome::Done
+        } else {
+            Outcome::Gone
+        },
+    )
 }
 
 fn expire_due(tx: &mut Tx<'_>, now_ms: i64) -> Result<Outcome> {
@@ -612,16 +635,29 @@ fn expire_due(tx: &mut Tx<'_>, now_ms: i64) -> Result<Outcome> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| tx.err(e))?;
     for xk in due {
-        let Some(id) = keys::trailing_id(&xk) else { continue };
+        let Some(id) = keys::trailing_id(&xk) else {
+            continue;
+        };
         let mut hops = Vec::new();
         for (qk, _) in tx.scan_prefix(&keys::copy_index_prefix(&id))? {
             let prefix_len = 1 + 16;
-            let Some(hop) = std::str::from_utf8(&qk[prefix_len..]).ok().and_then(|s| NodeId::new(s).ok()) else {
+            let Some(hop) = std::str::from_utf8(&qk[prefix_len..])
+                .ok()
+                .and_then(|s| NodeId::new(s).ok())
+            else {
                 continue;
             };
             if let Some(serves) = remove_copy(tx, &id, &hop)? {
                 for r in &serves {
-                    set_state(tx, &id, r, DeliveryState::Expired, None, "expired before delivery", now_ms)?;
+                    set_state(
+                        tx,
+                        &id,
+                        r,
+                        DeliveryState::Expired,
+                        None,
+                        "expired before delivery",
+                        now_ms,
+                    )?;
                 }
                 hops.push(hop);
             }
@@ -640,11 +676,24 @@ fn expire_due(tx: &mut Tx<'_>, now_ms: i64) -> Result<Outcome> {
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| tx.err(e))?;
     for tk in due {
-        let Some(id) = keys::trailing_id(&tk) else { continue };
+        let Some(id) = keys::trailing_id(&tk) else {
+            continue;
+        };
         let prefix = keys::delivery_prefix(&id);
         for (k, _) in tx.scan_prefix(&prefix)? {
-            if let Some(r) = std::str::from_utf8(&k[prefix.len()..]).ok().and_then(|s| NodeId::new(s).ok()) {
-                set_state(tx, &id, &r, DeliveryState::Expired, None, "no receipt before expiry", now_ms)?;
+            if let Some(r) = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|s| NodeId::new(s).ok())
+            {
+                set_state(
+                    tx,
+                    &id,
+                    &r,
+                    DeliveryState::Expired,
+                    None,
+                    "no receipt before expiry",
+                    now_ms,
+                )?;
             }
         }
         tx.del(tk);

@@ -36,7 +36,11 @@ fn ingest(id: MessageId, precedence: Precedence, hops: &[&str], track: &[&str]) 
 }
 
 fn ids(s: &SledStore, hop: &str) -> Vec<MessageId> {
-    s.outbox_peek(&n(hop), 1000, &|_| false).expect("peek").into_iter().map(|q| q.id).collect()
+    s.outbox_peek(&n(hop), 1000, &|_| false)
+        .expect("peek")
+        .into_iter()
+        .map(|q| q.id)
+        .collect()
 }
 
 #[test]
@@ -51,12 +55,18 @@ fn outbox_is_ordered_by_precedence_then_arrival() {
         (5, Precedence::Flash),
     ];
     for (i, p) in order {
-        s.apply_blocking(vec![ingest(mid(i), p, &["nspl-hub"], &[])]).expect("ingest");
+        s.apply_blocking(vec![ingest(mid(i), p, &["nspl-hub"], &[])])
+            .expect("ingest");
     }
     assert_eq!(ids(&s, "nspl-hub"), vec![mid(2), mid(5), mid(4), mid(1), mid(3)]);
     // Skipping in-flight ids.
-    let rest = s.outbox_peek(&n("nspl-hub"), 2, &|id| *id == mid(2)).expect("peek");
-    assert_eq!(rest.iter().map(|q| q.id).collect::<Vec<_>>(), vec![mid(5), mid(4)]);
+    let rest = s
+        .outbox_peek(&n("nspl-hub"), 2, &|id| *id == mid(2))
+        .expect("peek");
+    assert_eq!(
+        rest.iter().map(|q| q.id).collect::<Vec<_>>(),
+        vec![mid(5), mid(4)]
+    );
     s.close();
 }
 
@@ -65,7 +75,8 @@ fn a_duplicate_is_refused_and_changes_nothing_also_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let s = SledStore::open(dir.path()).expect("open");
-        s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])]).expect("ingest");
+        s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])])
+            .expect("ingest");
         let err = s.apply_blocking(vec![ingest(mid(1), Precedence::Flash, &["msb", "hub"], &[])]);
         assert!(matches!(err, Err(StoreError::Duplicate(id)) if id == mid(1)));
         assert_eq!(ids(&s, "msb"), vec![mid(1)]);
@@ -94,7 +105,8 @@ fn a_duplicate_is_refused_and_changes_nothing_also_after_restart() {
 fn a_failed_job_writes_nothing_of_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SledStore::open(dir.path()).expect("open");
-    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])]).expect("ingest");
+    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])])
+        .expect("ingest");
     // A job whose second op fails leaves its first op unwritten.
     let r = s.apply_blocking(vec![
         ingest(mid(2), Precedence::Routine, &["msb"], &[]),
@@ -111,13 +123,15 @@ fn custody_survives_restart_and_sequence_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let s = SledStore::open(dir.path()).expect("open");
-        s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["a", "b"], &[])]).expect("ingest");
+        s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["a", "b"], &[])])
+            .expect("ingest");
         s.close();
     }
     let s = SledStore::open(dir.path()).expect("reopen");
     assert_eq!(ids(&s, "a"), vec![mid(1)]);
     assert_eq!(ids(&s, "b"), vec![mid(1)]);
-    s.apply_blocking(vec![ingest(mid(2), Precedence::Routine, &["a"], &[])]).expect("ingest");
+    s.apply_blocking(vec![ingest(mid(2), Precedence::Routine, &["a"], &[])])
+        .expect("ingest");
     // The sequence did not restart: the older message stays first.
     assert_eq!(ids(&s, "a"), vec![mid(1), mid(2)]);
     let stats = s.outbox_stats();
@@ -147,8 +161,13 @@ fn custody_survives_restart_and_sequence_continues() {
 fn delivery_states_at_the_origin() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SledStore::open(dir.path()).expect("open");
-    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub"], &["msb", "socialstyrelsen"])])
-        .expect("ingest");
+    s.apply_blocking(vec![ingest(
+        mid(1),
+        Precedence::Routine,
+        &["hub"],
+        &["msb", "socialstyrelsen"],
+    )])
+    .expect("ingest");
     let state = |r: &str| {
         s.delivery(&mid(1))
             .expect("delivery")
@@ -175,7 +194,8 @@ fn delivery_states_at_the_origin() {
     assert_eq!(state("msb").at_ms, NOW + 9);
     assert_eq!(state("socialstyrelsen").state, DeliveryState::Forwarded);
     // Expiry closes what is still open, and leaves DELIVERED alone.
-    s.apply_blocking(vec![Op::ExpireDue { now_ms: NOW + 60_000 }]).expect("expire");
+    s.apply_blocking(vec![Op::ExpireDue { now_ms: NOW + 60_000 }])
+        .expect("expire");
     assert_eq!(state("socialstyrelsen").state, DeliveryState::Expired);
     assert_eq!(state("msb").state, DeliveryState::Delivered);
     s.close();
@@ -185,7 +205,8 @@ fn delivery_states_at_the_origin() {
 fn a_permanent_rejection_is_recorded_with_its_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SledStore::open(dir.path()).expect("open");
-    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub"], &["msb"])]).expect("ingest");
+    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub"], &["msb"])])
+        .expect("ingest");
     s.apply_blocking(vec![Op::Rejected {
         id: mid(1),
         next_hop: n("hub"),
@@ -204,11 +225,19 @@ fn a_permanent_rejection_is_recorded_with_its_reason() {
 fn expiry_drops_copies_and_dedup_outlives_the_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = SledStore::open(dir.path()).expect("open");
-    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub", "msb"], &[])]).expect("ingest");
-    let r = s.apply_blocking(vec![Op::ExpireDue { now_ms: NOW + 59_999 }]).expect("sweep");
+    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub", "msb"], &[])])
+        .expect("ingest");
+    let r = s
+        .apply_blocking(vec![Op::ExpireDue { now_ms: NOW + 59_999 }])
+        .expect("sweep");
     assert_eq!(r, vec![Outcome::Expired(vec![])]);
-    let r = s.apply_blocking(vec![Op::ExpireDue { now_ms: NOW + 60_000 }]).expect("sweep");
-    assert_eq!(r, vec![Outcome::Expired(vec![(mid(1), vec![n("hub"), n("msb")])])]);
+    let r = s
+        .apply_blocking(vec![Op::ExpireDue { now_ms: NOW + 60_000 }])
+        .expect("sweep");
+    assert_eq!(
+        r,
+        vec![Outcome::Expired(vec![(mid(1), vec![n("hub"), n("msb")])])]
+    );
     assert!(ids(&s, "hub").is_empty() && ids(&s, "msb").is_empty());
     assert!(s.outbox_stats().is_empty());
     // Still a duplicate long after expiry...
@@ -266,7 +295,8 @@ async fn concurrent_writers_share_group_commits() {
         let s = s.clone();
         tasks.spawn(async move {
             let id = MessageId::new_v7(NOW, [(i >> 8) as u8, i as u8, 0, 0, 0, 0, 0, 0, 0, 1]);
-            s.apply(vec![ingest(id, Precedence::Routine, &["hub"], &[])]).await
+            s.apply(vec![ingest(id, Precedence::Routine, &["hub"], &[])])
+                .await
         });
     }
     while let Some(r) = tasks.join_next().await {

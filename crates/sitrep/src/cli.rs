@@ -14,6 +14,12 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node.
+    Node {
+        /// The node's config file (node.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Make CAs, node certificates, keys, a signed roster and node configs
     /// for a topology. Development only.
     DevPki {
@@ -65,7 +71,12 @@ enum RosterCommand {
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::DevPki { topology, out } => crate::devpki::run(&topology, &out),
+        Command::Node { config } => crate::node_cmd::run(&config),
+        Command::DevPki { topology, out } => {
+            let t = sitrep_node::devpki::read_topology(&topology)?;
+            println!("{}", sitrep_node::devpki::generate(&t, &out)?);
+            Ok(())
+        }
         Command::Roster { command } => match command {
             RosterCommand::Verify { roster, admin_key } => crate::roster_cmd::verify(&roster, &admin_key),
             RosterCommand::Show { roster } => crate::roster_cmd::show(&roster),

@@ -2,7 +2,7 @@
 //! failure ends with a one-line reason on stderr and a non-zero exit.
 
 mod cli;
-mod devpki;
+mod node_cmd;
 mod roster_cmd;
 mod util;
 

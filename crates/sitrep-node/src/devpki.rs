@@ -18,35 +18,82 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow, ensure};
 use rand::RngCore as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sitrep_core::policy::check_channel_max;
 use sitrep_core::{Channel, Class, NodeId};
 use sitrep_crypto::{HpkeSecretKey, SigningKey, keyfile};
 use sitrep_proto::v1 as pb;
 use time::OffsetDateTime;
 
-use crate::util::now_ms;
-
 const DAY_MS: i64 = 86_400_000;
 
+/// A dev PKI could not be made: names the topology key or file and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DevPkiError(String);
+
+type Result<T, E = DevPkiError> = std::result::Result<T, E>;
+
+macro_rules! err {
+    ($($t:tt)*) => { DevPkiError(format!($($t)*)) };
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($t:tt)*) => { if !$cond { return Err(err!($($t)*)); } };
+}
+
+impl From<sitrep_crypto::CryptoError> for DevPkiError {
+    fn from(e: sitrep_crypto::CryptoError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<keyfile::KeyFileError> for DevPkiError {
+    fn from(e: keyfile::KeyFileError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<rcgen::Error> for DevPkiError {
+    fn from(e: rcgen::Error) -> Self {
+        Self(format!("certificate: {e}"))
+    }
+}
+
+/// Adds context to any error.
+trait Ctx<T> {
+    fn ctx<S: std::fmt::Display>(self, f: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Ctx<T> for std::result::Result<T, E> {
+    fn ctx<S: std::fmt::Display>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| DevPkiError(format!("{}: {e}", f())))
+    }
+}
+
 /// The topology file.
-#[derive(Debug, Deserialize)]
+/// A topology file: the network to make a PKI for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct Topology {
-    network: String,
+pub struct Topology {
+    /// Network name.
+    pub network: String,
+    /// Serial of the roster to sign.
     #[serde(default = "one")]
-    roster_serial: u64,
+    pub roster_serial: u64,
+    /// Roster validity from now.
     #[serde(default = "year")]
-    roster_validity_days: u32,
+    pub roster_validity_days: u32,
+    /// Certificate validity from now.
     #[serde(default = "year")]
-    cert_validity_days: u32,
-    nodes: Vec<TopologyNode>,
+    pub cert_validity_days: u32,
+    /// The nodes.
+    pub nodes: Vec<TopologyNode>,
 }
 
 fn one() -> u64 {
@@ -57,28 +104,42 @@ fn year() -> u32 {
     365
 }
 
-#[derive(Debug, Deserialize)]
+/// One node of a topology.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct TopologyNode {
-    id: String,
-    name: String,
-    kind: String,
+pub struct TopologyNode {
+    /// Node id.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// REGION, AUTHORITY, HUB, ...
+    pub kind: String,
+    /// SCB county code, for regions.
     #[serde(default)]
-    region_code: String,
+    pub region_code: String,
+    /// Roles.
     #[serde(default)]
-    roles: Vec<String>,
-    clearance: String,
-    api: SocketAddr,
+    pub roles: Vec<String>,
+    /// Clearance class.
+    pub clearance: String,
+    /// HTTP API listen address.
+    pub api: SocketAddr,
+    /// Direct peers.
     #[serde(default)]
-    peers: Vec<String>,
-    channels: BTreeMap<String, TopologyChannel>,
+    pub peers: Vec<String>,
+    /// Channels: `open`, `secure`.
+    pub channels: BTreeMap<String, TopologyChannel>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A node's channel in a topology.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct TopologyChannel {
-    listen: SocketAddr,
-    max_class: Option<String>,
+pub struct TopologyChannel {
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Highest class on this channel; defaults to min(channel ceiling, clearance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_class: Option<String>,
 }
 
 /// A node of the topology, validated.
@@ -95,7 +156,7 @@ struct Node {
     channels: BTreeMap<Channel, (SocketAddr, Class)>,
 }
 
-fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
+fn validate(t: Topology) -> Result<(Topology, Vec<Node>)> {
     ensure!(!t.nodes.is_empty(), "topology: no nodes");
     ensure!(
         t.roster_validity_days > 0,
@@ -109,18 +170,18 @@ fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
     let mut seen = BTreeSet::new();
     for (i, n) in t.nodes.iter().enumerate() {
         let at = format!("topology nodes[{i}]");
-        let id = NodeId::new(&n.id).with_context(|| format!("{at}.id"))?;
+        let id = NodeId::new(&n.id).ctx(|| format!("{at}.id"))?;
         ensure!(seen.insert(id.clone()), "{at}.id: {id} appears twice");
         let kind = pb::NodeKind::from_str_name(&n.kind)
             .filter(|k| *k != pb::NodeKind::Unspecified)
             .ok_or_else(|| {
-                anyhow!(
+                err!(
                     "{at}.kind: {:?} is not REGION, AUTHORITY, HUB, COUNTY_BOARD, MUNICIPALITY or HOSPITAL",
                     n.kind
                 )
             })?;
         let clearance = Class::parse(&n.clearance).ok_or_else(|| {
-            anyhow!(
+            err!(
                 "{at}.clearance: {:?} is not a class (OPEN ... TOP_SECRET)",
                 n.clearance
             )
@@ -132,13 +193,13 @@ fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
         let mut channels = BTreeMap::new();
         for (name, c) in &n.channels {
             let channel = Channel::parse(name)
-                .ok_or_else(|| anyhow!("{at}.channels.{name}: not a channel (open or secure)"))?;
+                .ok_or_else(|| err!("{at}.channels.{name}: not a channel (open or secure)"))?;
             let max = match &c.max_class {
                 Some(m) => Class::parse(m)
-                    .ok_or_else(|| anyhow!("{at}.channels.{name}.max_class: {m:?} is not a class"))?,
+                    .ok_or_else(|| err!("{at}.channels.{name}.max_class: {m:?} is not a class"))?,
                 None => channel.ceiling().min(clearance),
             };
-            check_channel_max(channel, max).with_context(|| format!("{at}.channels.{name}.max_class"))?;
+            check_channel_max(channel, max).ctx(|| format!("{at}.channels.{name}.max_class"))?;
             ensure!(
                 max <= clearance,
                 "{at}.channels.{name}.max_class: {max} is above the node's clearance {clearance}"
@@ -148,8 +209,8 @@ fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
         let peers = n
             .peers
             .iter()
-            .map(|p| NodeId::new(p).with_context(|| format!("{at}.peers")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|p| NodeId::new(p).ctx(|| format!("{at}.peers")))
+            .collect::<Result<Vec<_>>>()?;
         nodes.push(Node {
             id,
             name: n.name.clone(),
@@ -167,7 +228,7 @@ fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
             let peer = nodes
                 .iter()
                 .find(|m| &m.id == p)
-                .ok_or_else(|| anyhow!("topology node {}: peer {p} is not a node of the topology", n.id))?;
+                .ok_or_else(|| err!("topology node {}: peer {p} is not a node of the topology", n.id))?;
             ensure!(
                 n.channels.keys().any(|c| peer.channels.contains_key(c)),
                 "topology node {}: peer {p} shares no channel with it",
@@ -178,15 +239,25 @@ fn validate(t: Topology) -> anyhow::Result<(Topology, Vec<Node>)> {
     Ok((t, nodes))
 }
 
-pub(crate) fn run(topology: &Path, out: &Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(topology).with_context(|| format!("topology {}", topology.display()))?;
-    let parsed: Topology =
-        toml::from_str(&text).with_context(|| format!("topology {}", topology.display()))?;
-    let (t, nodes) = validate(parsed)?;
+/// Reads a topology file.
+///
+/// # Errors
+/// [`DevPkiError`] naming the file and the problem.
+pub fn read_topology(path: &Path) -> Result<Topology> {
+    let text = std::fs::read_to_string(path).ctx(|| format!("topology {}", path.display()))?;
+    toml::from_str(&text).ctx(|| format!("topology {}", path.display()))
+}
+
+/// Writes a development PKI for `topology` into `out` (which must not exist
+/// or be empty) and returns a one-line summary.
+///
+/// # Errors
+/// [`DevPkiError`] naming the topology key or file and the problem.
+pub fn generate(topology: &Topology, out: &Path) -> Result<String> {
+    let (t, nodes) = validate(topology.clone())?;
     if out.exists() {
         let empty = std::fs::read_dir(out)
-            .with_context(|| format!("--out {}", out.display()))?
+            .ctx(|| format!("--out {}", out.display()))?
             .next()
             .is_none();
         ensure!(
@@ -195,8 +266,8 @@ pub(crate) fn run(topology: &Path, out: &Path) -> anyhow::Result<()> {
             out.display()
         );
     }
-    std::fs::create_dir_all(out.join("ca")).with_context(|| format!("--out {}", out.display()))?;
-    let now = now_ms()?;
+    std::fs::create_dir_all(out.join("ca")).ctx(|| format!("--out {}", out.display()))?;
+    let now = crate::clock::now_ms();
 
     let admin = SigningKey::generate()?;
     keyfile::write_signing_key(&out.join("admin.key"), &admin)?;
@@ -232,13 +303,13 @@ pub(crate) fn run(topology: &Path, out: &Path) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     for n in &nodes {
         let dir = out.join(n.id.as_str());
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+        std::fs::create_dir_all(&dir).ctx(|| format!("{}", dir.display()))?;
         let signing = SigningKey::generate()?;
         let hpke = HpkeSecretKey::generate()?;
         keyfile::write_signing_key(&dir.join("signing.key"), &signing)?;
         keyfile::write_hpke_key(&dir.join("hpke.key"), &hpke)?;
         for channel in n.channels.keys() {
-            let ca = cas.get(channel).ok_or_else(|| anyhow!("no CA for {channel}"))?;
+            let ca = cas.get(channel).ok_or_else(|| err!("no CA for {channel}"))?;
             let key = KeyPair::generate()?;
             let mut p = CertificateParams::default();
             p.distinguished_name = DistinguishedName::new();
@@ -287,21 +358,23 @@ pub(crate) fn run(topology: &Path, out: &Path) -> anyhow::Result<()> {
     };
     let signed = sitrep_core::roster::sign(&roster, &admin);
     sitrep_core::Roster::verify(&signed, &admin.verifying_key(), None, now)
-        .context("the roster just signed")?;
+        .ctx(|| "the roster just signed")?;
     write_new(&out.join("roster.bin"), &signed)?;
     write_new(&out.join("README.md"), readme(&t.network).as_bytes())?;
-    println!(
+    Ok(format!(
         "wrote a development PKI for {} ({} nodes, roster serial {}) to {}",
         t.network,
         nodes.len(),
         t.roster_serial,
         out.display()
-    );
-    Ok(())
+    ))
 }
 
 /// Writes a new file (never overwrites), `0600` because several are private keys.
-pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+///
+/// # Errors
+/// [`DevPkiError`] naming the file.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -309,10 +382,10 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).with_context(|| format!("{}", path.display()))?;
+    let mut f = opts.open(path).ctx(|| format!("{}", path.display()))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("{}", path.display()))
+        .ctx(|| format!("{}", path.display()))
 }
 
 fn random_token() -> String {
@@ -394,14 +467,14 @@ fn readme(network: &str) -> String {
 mod tests {
     use super::*;
 
-    fn topo(extra: &str) -> anyhow::Result<(Topology, Vec<Node>)> {
+    fn topo(extra: &str) -> Result<(Topology, Vec<Node>)> {
         let text = format!(
             "network = \"t\"\n{extra}\n[[nodes]]\nid = \"a\"\nname = \"A\"\nkind = \"REGION\"\nclearance = \"SECRET\"\n\
              api = \"127.0.0.1:1\"\npeers = [\"b\"]\nchannels.open = {{ listen = \"127.0.0.1:2\" }}\n\
              [[nodes]]\nid = \"b\"\nname = \"B\"\nkind = \"HUB\"\nclearance = \"SENSITIVE\"\n\
              api = \"127.0.0.1:3\"\nchannels.open = {{ listen = \"127.0.0.1:4\" }}\n"
         );
-        validate(toml::from_str(&text)?)
+        validate(toml::from_str(&text).ctx(|| "topology")?)
     }
 
     #[test]

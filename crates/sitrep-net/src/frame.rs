@@ -1,0 +1,215 @@
+//! Length-prefixed frames: a 4-byte big-endian length, then the protobuf `Frame`.
+//!
+//! The length is checked against the limit before anything is allocated for the body,
+//! so a peer that announces 4 GiB costs us four bytes of reading.
+
+use prost::Message as _;
+use sitrep_proto::v1::Frame;
+
+use crate::NetError;
+
+/// Bytes of the length prefix.
+pub const PREFIX_LEN: usize = 4;
+
+/// Encodes `frame` as it goes on the wire: length prefix, then the protobuf bytes.
+///
+/// # Errors
+/// [`NetError::FrameTooLarge`] if the encoding is longer than a 4-byte prefix can
+/// announce (4 GiB), which no frame within any sane limit is.
+pub fn encode_frame(frame: &Frame) -> Result<Vec<u8>, NetError> {
+    let len = frame.encoded_len();
+    let prefix = u32::try_from(len).map_err(|_| NetError::FrameTooLarge {
+        len,
+        limit: u32::MAX as usize,
+    })?;
+    let mut out = Vec::with_capacity(PREFIX_LEN + len);
+    out.extend_from_slice(&prefix.to_be_bytes());
+    frame
+        .encode(&mut out)
+        .map_err(|e| NetError::Decode(format!("encoding a frame of {len} bytes: {e}")))?;
+    Ok(out)
+}
+
+/// The body length a prefix announces, if it is within `limit`.
+///
+/// # Errors
+/// [`NetError::FrameTooLarge`] if the announced length is over `limit`.
+pub fn decode_len(prefix: [u8; 4], limit: usize) -> Result<usize, NetError> {
+    // A u32 always fits in usize on the 32- and 64-bit targets we build for; if it
+    // did not, saturating makes it "too large", which is the safe answer.
+    let len = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+    if len > limit {
+        return Err(NetError::FrameTooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (the bytes after the prefix).
+///
+/// # Errors
+/// [`NetError::Decode`] if the bytes are not a `Frame`.
+pub fn decode_body(body: &[u8]) -> Result<Frame, NetError> {
+    Frame::decode(body).map_err(|e| NetError::Decode(format!("frame of {} bytes: {e}", body.len())))
+}
+
+/// Writes one length-prefixed frame.
+///
+/// # Errors
+/// [`NetError::Stream`] or a connection error if the stream fails.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: &Frame) -> Result<(), NetError> {
+    let wire = encode_frame(frame)?;
+    write_wire(send, &wire).await
+}
+
+/// Reads one length-prefixed frame of at most `limit` body bytes.
+///
+/// # Errors
+/// [`NetError::FrameTooLarge`] before allocating if the prefix announces more than
+/// `limit`; [`NetError::Decode`] if the body is not a `Frame`; [`NetError::Stream`] or a
+/// connection error if the stream fails or ends inside the frame.
+pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Frame, NetError> {
+    let wire = read_wire(recv, limit).await?;
+    decode_body(wire.get(PREFIX_LEN..).unwrap_or_default())
+}
+
+pub(crate) async fn write_wire(send: &mut quinn::SendStream, wire: &[u8]) -> Result<(), NetError> {
+    send.write_all(wire).await.map_err(NetError::from_write)
+}
+
+/// Reads the wire bytes of one frame (prefix included, for the recorder).
+pub(crate) async fn read_wire(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, NetError> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    recv.read_exact(&mut prefix).await.map_err(NetError::from_read)?;
+    let len = decode_len(prefix, limit)?;
+    let mut wire = vec![0u8; PREFIX_LEN + len];
+    let (head, body) = wire.split_at_mut(PREFIX_LEN);
+    head.copy_from_slice(&prefix);
+    recv.read_exact(body).await.map_err(NetError::from_read)?;
+    Ok(wire)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sitrep_proto::v1::{Accepted, RejectCode, Rejected, Transfer, frame::Kind};
+
+    fn body_of(wire: &[u8]) -> &[u8] {
+        wire.get(PREFIX_LEN..).expect("an encoded frame has a prefix")
+    }
+
+    #[test]
+    fn prefix_is_big_endian_body_length() {
+        let frame = Frame {
+            kind: Some(Kind::Accepted(Accepted {
+                message_id: vec![7; 16],
+            })),
+        };
+        let wire = encode_frame(&frame).expect("a small frame encodes");
+        let prefix: [u8; 4] = wire[..4].try_into().expect("4 bytes");
+        assert_eq!(u32::from_be_bytes(prefix) as usize, wire.len() - PREFIX_LEN);
+        assert_eq!(u32::from_be_bytes(prefix) as usize, frame.encoded_len());
+        assert_eq!(decode_body(body_of(&wire)).expect("round trip"), frame);
+    }
+
+    #[test]
+    fn empty_frame_is_a_zero_prefix() {
+        let wire = encode_frame(&Frame::default()).expect("empty frame encodes");
+        assert_eq!(wire, vec![0, 0, 0, 0]);
+        assert_eq!(decode_len([0, 0, 0, 0], 0).expect("zero fits any limit"), 0);
+    }
+
+    #[test]
+    fn decode_len_accepts_up_to_the_limit() {
+        assert_eq!(
+            decode_len(1024u32.to_be_bytes(), 1024).expect("at the limit"),
+            1024
+        );
+        assert_eq!(decode_len(1u32.to_be_bytes(), 1024).expect("under the limit"), 1);
+    }
+
+    #[test]
+    fn decode_len_refuses_over_the_limit() {
+        match decode_len(1025u32.to_be_bytes(), 1024) {
+            Err(NetError::FrameTooLarge { len, limit }) => assert_eq!((len, limit), (1025, 1024)),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        match decode_len([0xff; 4], 4 << 20) {
+            Err(NetError::FrameTooLarge { len, .. }) => assert_eq!(len, u32::MAX as usize),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn garbage_body_is_a_decode_error() {
+        // Field 1, wire type 2 (length-delimited), announcing 100 bytes that are not there.
+        assert!(matches!(
+            decode_body(&[0x0a, 100, 1, 2]),
+            Err(NetError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn transfer_and_rejected_round_trip() {
+        for frame in [
+            Frame {
+                kind: Some(Kind::Transfer(Transfer {
+                    envelope: None,
+                    hop_count: 3,
+                    serves: vec!["region-uppsala".into(), "msb".into()],
+                })),
+            },
+            Frame {
+                kind: Some(Kind::Rejected(Rejected {
+                    code: RejectCode::FrameTooLarge as i32,
+                    reason: "too big".into(),
+                    permanent: true,
+                })),
+            },
+        ] {
+            let wire = encode_frame(&frame).expect("encodes");
+            let prefix: [u8; 4] = wire[..4].try_into().expect("4 bytes");
+            let len = decode_len(prefix, 1 << 20).expect("small frame");
+            assert_eq!(len, wire.len() - PREFIX_LEN);
+            assert_eq!(decode_body(body_of(&wire)).expect("decodes"), frame);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_len_agrees_with_the_limit(n in proptest::num::u32::ANY, limit in 0usize..(8 << 20)) {
+            match decode_len(n.to_be_bytes(), limit) {
+                Ok(len) => proptest::prop_assert!(len == n as usize && len <= limit),
+                Err(NetError::FrameTooLarge { len, limit: l }) => {
+                    proptest::prop_assert!(len == n as usize && len > limit && l == limit);
+                }
+                Err(other) => proptest::prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+
+        #[test]
+        fn frames_round_trip(
+            id in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            reason in ".{0,64}",
+            code in 0i32..12,
+            hop_count in proptest::num::u32::ANY,
+            serves in proptest::collection::vec("[a-z0-9-]{1,20}", 0..6),
+        ) {
+            for frame in [
+                Frame { kind: Some(Kind::Accepted(Accepted { message_id: id.clone() })) },
+                Frame { kind: Some(Kind::Rejected(Rejected { code, reason: reason.clone(), permanent: code % 2 == 0 })) },
+                Frame { kind: Some(Kind::Transfer(Transfer { envelope: None, hop_count, serves: serves.clone() })) },
+            ] {
+                let wire = encode_frame(&frame).expect("a small frame encodes");
+                let prefix: [u8; 4] = wire[..4].try_into().expect("4 bytes");
+                let len = decode_len(prefix, wire.len()).expect("within its own length");
+                proptest::prop_assert_eq!(len, wire.len() - PREFIX_LEN);
+                proptest::prop_assert_eq!(decode_body(body_of(&wire)).expect("decodes"), frame);
+            }
+        }
+
+        #[test]
+        fn decode_body_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode_body(&bytes);
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! Node configuration: one TOML file read with the `config` crate, every key
+//! overridable by a `SITREP_<SECTION>__<KEY>` environment variable, unknown
+//! keys refused, every value validated at start-up with an error that names
+//! the key (DESIGN §9). Paths are relative to the config file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sitrep_core::policy::check_channel_max;
+use sitrep_core::routing::{DEFAULT_HOP_LIMIT, RouteTable};
+use sitrep_core::{Channel, Class, NodeId};
+
+/// A config value is wrong. `key` is the dotted config key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key {key}: {problem}")]
+pub struct ConfigError {
+    /// The key, e.g. `channels.open.cert`.
+    pub key: String,
+    /// What is wrong and, where it helps, what to do.
+    pub problem: String,
+}
+
+fn err(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    channels: BTreeMap<String, RawChannel>,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    #[serde(default)]
+    routes: RawRoutes,
+    api: Option<RawApi>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    id: String,
+    data_dir: PathBuf,
+    roster: PathBuf,
+    admin_key: PathBuf,
+    signing_key: PathBuf,
+    hpke_key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    listen: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    crl: Option<PathBuf>,
+    max_class: String,
+    store: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    id: String,
+    channel: String,
+    address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    #[serde(default)]
+    default: BTreeMap<String, String>,
+    #[serde(default, rename = "static")]
+    static_routes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    listen: String,
+    #[serde(default)]
+    tokens: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_frame_bytes: Option<usize>,
+    max_streams: Option<u32>,
+    max_in_flight: Option<usize>,
+    hop_limit: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keep_alive: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retry_initial: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retry_max: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    sweep_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    default_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id.
+    pub id: NodeId,
+    /// Where the node keeps its state (audit log and the like).
+    pub data_dir: PathBuf,
+    /// The signed roster file.
+    pub roster: PathBuf,
+    /// The administrator's public key, pinned.
+    pub admin_key: PathBuf,
+    /// This node's Ed25519 key file.
+    pub signing_key: PathBuf,
+    /// This node's X25519 key file.
+    pub hpke_key: PathBuf,
+    /// The channels this node runs.
+    pub channels: BTreeMap<Channel, ChannelConfig>,
+    /// Direct peers.
+    pub peers: Vec<PeerConfig>,
+    /// Routes built from the peers and the `[routes]` section.
+    pub routes: RouteTable,
+    /// The HTTP API, if configured.
+    pub api: Option<ApiConfig>,
+    /// Limits and timers.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// One channel.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// This channel's CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate on the channel (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Highest class the channel carries here.
+    pub max_class: Class,
+    /// The channel's sled directory.
+    pub store: PathBuf,
+}
+
+/// A direct peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Its id.
+    pub id: NodeId,
+    /// The channel.
+    pub channel: Channel,
+    /// Its address on that channel.
+    pub address: SocketAddr,
+}
+
+/// An API role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Pushes reports, reads their delivery state.
+    Reporter,
+    /// Reads the inbox and feeds.
+    Reader,
+    /// Reads status.
+    Operator,
+}
+
+/// The HTTP API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bearer token → role.
+    pub tokens: Vec<(String, Role)>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("listen", &self.listen)
+            .field("roles", &self.tokens.iter().map(|(_, r)| r).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits and timers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame accepted, bytes.
+    pub max_frame_bytes: usize,
+    /// Concurrent streams per connection.
+    pub max_streams: u32,
+    /// Transfers in flight per next hop.
+    pub max_in_flight: usize,
+    /// Hops before a message is refused as looping.
+    pub hop_limit: u32,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval.
+    pub keep_alive: Duration,
+    /// First retry delay; doubles up to `retry_max`, with jitter.
+    pub retry_initial: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// How often expired messages are swept.
+    pub sweep_interval: Duration,
+    /// Lifetime of a message when the submitter gives none.
+    pub default_ttl: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // 4 MiB envelope plus framing headroom.
+            max_frame_bytes: sitrep_core::envelope::MAX_ENVELOPE_BYTES + 4096,
+            // 128 concurrent transfers per connection: twice the in-flight window.
+            max_streams: 128,
+            // 64 in flight per next hop keeps a 1 ms RTT link full at ~60k msg/s.
+            max_in_flight: 64,
+            hop_limit: DEFAULT_HOP_LIMIT,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(1),
+            default_ttl: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `sitrep_node=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub json: bool,
+}
+
+impl Config {
+    /// Reads `path` with `SITREP_<SECTION>__<KEY>` overrides from the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Reads `path` with overrides from `env` (for tests).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file_key = format!("file {}", path.display());
+        if !path.is_file() {
+            return Err(err(file_key, "not found"));
+        }
+        // Only SITREP_<SECTION>__<KEY> overrides config keys; plain SITREP_API
+        // and SITREP_TOKEN belong to the client commands.
+        let overrides: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.strip_prefix("SITREP_").is_some_and(|rest| rest.contains("__")))
+            .collect();
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("SITREP")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| err(file_key, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::validate(raw, base)
+    }
+
+    fn validate(raw: RawConfig, base: &Path) -> Result<Self, ConfigError> {
+        let file = |key: &str, p: &Path| -> Result<PathBuf, ConfigError> {
+            let full = base.join(p);
+            if full.is_file() {
+                Ok(full)
+            } else {
+                Err(err(key, format!("file {} not found", full.display())))
+            }
+        };
+        let id = NodeId::new(&raw.node.id).map_err(|e| err("node.id", e.to_string()))?;
+        let mut channels = BTreeMap::new();
+        for (name, c) in &raw.channels {
+            let k = |s: &str| format!("channels.{name}.{s}");
+            let channel = Channel::parse(name)
+                .ok_or_else(|| err(format!("channels.{name}"), "not a channel; use open or secure"))?;
+            if c.crl.is_some() {
+                return Err(err(
+                    k("crl"),
+                    "CRL checking is not implemented yet; remove the key rather than run without it",
+                ));
+            }
+            let max_class = Class::parse(&c.max_class).ok_or_else(|| {
+                err(
+                    k("max_class"),
+                    format!("{:?} is not a class (OPEN ... TOP_SECRET)", c.max_class),
+                )
+            })?;
+            check_channel_max(channel, max_class).map_err(|e| err(k("max_class"), e.to_string()))?;
+            channels.insert(
+                channel,
+                ChannelConfig {
+                    listen: c
+                        .listen
+                        .parse()
+                        .map_err(|e| err(k("listen"), format!("{:?}: {e}", c.listen)))?,
+                    ca: file(&k("ca"), &c.ca)?,
+                    cert: file(&k("cert"), &c.cert)?,
+                    key: file(&k("key"), &c.key)?,
+                    max_class,
+                    store: base.join(&c.store),
+                },
+            );
+        }
+        if channels.is_empty() {
+            return Err(err("channels", "no channel configured; add [channels.open]"));
+        }
+        let mut peers = Vec::new();
+        let mut routes = RouteTable::default();
+        for (i, p) in raw.peers.iter().enumerate() {
+            let k = |s: &str| format!("peers[{i}].{s}");
+            let pid = NodeId::new(&p.id).map_err(|e| err(k("id"), e.to_string()))?;
+            if pid == id {
+                return Err(err(k("id"), "a node is not its own peer"));
+            }
+            let channel = Channel::parse(&p.channel)
+                .ok_or_else(|| err(k("channel"), format!("{:?} is not a channel", p.channel)))?;
+            if !channels.contains_key(&channel) {
+                return Err(err(
+                    k("channel"),
+                    format!("peer {pid} is on {channel}, which this node does not configure"),
+                ));
+            }
+            let address = p
+                .address
+                .parse()
+                .map_err(|e| err(k("address"), format!("{:?}: {e}", p.address)))?;
+            if !routes.peers.entry(channel).or_default().insert(pid.clone()) {
+                return Err(err(k("id"), format!("peer {pid} is listed twice on {channel}")));
+            }
+            peers.push(PeerConfig {
+                id: pid,
+                channel,
+                address,
+            });
+        }
+        for (name, hop) in &raw.routes.default {
+            let key = format!("routes.default.{name}");
+            let channel = Channel::parse(name).ok_or_else(|| err(&key, "not a channel"))?;
+            let hop = NodeId::new(hop).map_err(|e| err(&key, e.to_string()))?;
+            if !routes.is_peer(channel, &hop) {
+                return Err(err(&key, format!("{hop} is not a peer on {channel}")));
+            }
+            routes.defaults.insert(channel, hop);
+        }
+        for (dest, hop) in &raw.routes.static_routes {
+            let key = format!("routes.static.{dest}");
+            let dest = NodeId::new(dest).map_err(|e| err(&key, e.to_string()))?;
+            let hop = NodeId::new(hop).map_err(|e| err(&key, e.to_string()))?;
+            if !routes.peers.values().any(|p| p.contains(&hop)) {
+                return Err(err(&key, format!("next hop {hop} is not a peer")));
+            }
+            routes.static_routes.insert(dest, hop);
+        }
+        let api = match raw.api {
+            None => None,
+            Some(a) => {
+                let listen = a
+                    .listen
+                    .parse()
+                    .map_err(|e| err("api.listen", format!("{:?}: {e}", a.listen)))?;
+                let mut tokens = Vec::new();
+                for (role, token) in &a.tokens {
+                    let key = format!("api.tokens.{role}");
+                    let role = match role.as_str() {
+                        "reporter" => Role::Reporter,
+                        "reader" => Role::Reader,
+                        "operator" => Role::Operator,
+                        _ => return Err(err(&key, "not a role; use reporter, reader or operator")),
+                    };
+                    if token.len() < 16 {
+                        return Err(err(&key, "token shorter than 16 characters"));
+                    }
+                    if tokens.iter().any(|(t, _)| t == token) {
+                        return Err(err(&key, "the same token is given to two roles"));
+                    }
+                    tokens.push((token.clone(), role));
+                }
+                Some(ApiConfig { listen, tokens })
+            }
+        };
+        let d = Limits::default();
+        let l = raw.limits;
+        let positive = |key: &str, v: Option<Duration>, default: Duration| -> Result<Duration, ConfigError> {
+            match v {
+                Some(v) if v.is_zero() => Err(err(format!("limits.{key}"), "must be more than zero")),
+                Some(v) => Ok(v),
+                None => Ok(default),
+            }
+        };
+        let limits = Limits {
+            max_frame_bytes: l.max_frame_bytes.unwrap_or(d.max_frame_bytes),
+            max_streams: l.max_streams.unwrap_or(d.max_streams),
+            max_in_flight: l.max_in_flight.unwrap_or(d.max_in_flight),
+            hop_limit: l.hop_limit.unwrap_or(d.hop_limit),
+            idle_timeout: positive("idle_timeout", l.idle_timeout, d.idle_timeout)?,
+            keep_alive: positive("keep_alive", l.keep_alive, d.keep_alive)?,
+            retry_initial: positive("retry_initial", l.retry_initial, d.retry_initial)?,
+            retry_max: positive("retry_max", l.retry_max, d.retry_max)?,
+            sweep_interval: positive("sweep_interval", l.sweep_interval, d.sweep_interval)?,
+            default_ttl: positive("default_ttl", l.default_ttl, d.default_ttl)?,
+        };
+        if limits.max_frame_bytes < 1024 || limits.max_frame_bytes > 64 * 1024 * 1024 {
+            return Err(err("limits.max_frame_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        if limits.max_streams == 0 || limits.max_in_flight == 0 || limits.hop_limit == 0 {
+            return Err(err(
+                "limits",
+                "max_streams, max_in_flight and hop_limit must be at least 1",
+            ));
+        }
+        if limits.keep_alive >= limits.idle_timeout {
+            return Err(err(
+                "limits.keep_alive",
+                "must be shorter than limits.idle_timeout",
+            ));
+        }
+        let log = LogConfig {
+            level: raw.log.level.unwrap_or_else(|| "info".into()),
+            json: match raw.log.format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => return Err(err("log.format", format!("{other:?}: use text or json"))),
+            },
+        };
+        Ok(Self {
+            id,
+            data_dir: base.join(&raw.node.data_dir),
+            roster: file("node.roster", &raw.node.roster)?,
+            admin_key: file("node.admin_key", &raw.node.admin_key)?,
+            signing_key: file("node.signing_key", &raw.node.signing_key)?,
+            hpke_key: file("node.hpke_key", &raw.node.hpke_key)?,
+            channels,
+            peers,
+            routes,
+            api,
+            limits,
+            log,
+        })
+    }
+}

@@ -1,0 +1,397 @@
+//! Egress: one sender per direct peer and channel. Keeps a connection up
+//! (reconnecting with capped exponential backoff and jitter), sends the
+//! outbox in precedence order with up to `max_in_flight` transfers at once,
+//! and drops a copy only when the next hop has taken custody.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use rand::Rng as _;
+use sitrep_core::envelope;
+use sitrep_core::policy::Party;
+use sitrep_core::{Channel, MessageId, NodeId};
+use sitrep_net::PeerConnection;
+use sitrep_proto::v1::{self as pb, RejectCode};
+use sitrep_store::{Op, Queued, Storage, StoreError};
+use tokio::task::JoinSet;
+
+use crate::clock::now_ms;
+use crate::node::{NodeError, NodeEvent};
+use crate::shared::{Link, Shared, lock};
+
+/// 10 s to set up a connection, so a dead address does not stall the link.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rescan the outbox this often even without a wake-up (retries after a
+/// transient refusal, copies a crashed run left behind).
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// Capped exponential backoff with ±25 % jitter.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let jitter = rand::thread_rng().gen_range(0.75..1.25);
+        base.mul_f64(jitter)
+    }
+}
+
+enum Sent {
+    /// The next hop has custody (Accepted, or it already had the message).
+    Custody,
+    /// Refused for good; the copy is dropped and the recipients marked.
+    Refused,
+    /// Try again later on this connection.
+    Retry,
+    /// The connection failed.
+    Lost,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, channel: Channel, link: Arc<Link>) -> Result<(), NodeError> {
+    let Some(rt) = shared.channels.get(&channel) else {
+        return Ok(());
+    };
+    let mut backoff = Backoff::new(shared.limits.retry_initial, shared.limits.retry_max);
+    loop {
+        // Connect.
+        let generation = *lock(&link.generation);
+        let addr = *lock(&link.addr);
+        let conn = tokio::select! {
+            () = shared.cancel.cancelled() => return Ok(()),
+            r = tokio::time::timeout(CONNECT_TIMEOUT, rt.endpoint.connect(&link.peer, addr)) => match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    note_error(&link, e.to_string());
+                    if wait(&shared, &link, backoff.next_delay()).await { return Ok(()); }
+                    continue;
+                }
+                Err(_) => {
+                    note_error(&link, format!("connect to {addr} timed out"));
+                    if wait(&shared, &link, backoff.next_delay()).await { return Ok(()); }
+                    continue;
+                }
+            },
+        };
+        backoff.reset();
+        {
+            let mut st = lock(&link.state);
+            st.connected = true;
+            st.last_seen_ms = Some(now_ms());
+            st.rtt = Some(conn.rtt());
+            st.last_error = None;
+        }
+        tracing::info!(peer = %link.peer, %channel, %addr, "link up");
+        shared.bump();
+        let stop = send_loop(&shared, channel, &link, &conn, generation).await;
+        lock(&link.state).connected = false;
+        shared.bump();
+        if stop {
+            return Ok(());
+        }
+        if wait(&shared, &link, backoff.next_delay()).await {
+            return Ok(());
+        }
+    }
+}
+
+fn note_error(link: &Link, e: String) {
+    tracing::debug!(peer = %link.peer, error = %e, "link down");
+    let mut st = lock(&link.state);
+    st.connected = false;
+    st.last_error = Some(e);
+}
+
+/// Sleeps `d` unless woken (address change) or cancelled. True if cancelled.
+async fn wait(shared: &Shared, link: &Link, d: Duration) -> bool {
+    tokio::select! {
+        () = shared.cancel.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+        () = link.wake.notified() => false,
+    }
+}
+
+/// Sends until the connection fails or the node stops. True if stopping.
+async fn send_loop(
+    shared: &Arc<Shared>,
+    channel: Channel,
+    link: &Arc<Link>,
+    conn: &PeerConnection,
+    generation: u64,
+) -> bool {
+    let Some(rt) = shared.channels.get(&channel) else {
+        return true;
+    };
+    let mut inflight: HashSet<MessageId> = HashSet::new();
+    let mut tasks: JoinSet<(MessageId, Sent)> = JoinSet::new();
+    let mut pause = Backoff::new(shared.limits.retry_initial, shared.limits.retry_max);
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut lost = false;
+    let stopping = loop {
+        if *lock(&link.generation) != generation {
+            // The peer moved: reconnect.
+            break false;
+        }
+        let room = shared.limits.max_in_flight.saturating_sub(inflight.len());
+        let may_send = paused_until.is_none_or(|t| tokio::time::Instant::now() >= t);
+        if room > 0 && may_send && !lost {
+            match rt
+                .store
+                .outbox_peek(&link.peer, room, &|id| inflight.contains(id))
+            {
+                Ok(batch) => {
+                    for q in batch {
+                        inflight.insert(q.id);
+                        tasks.spawn(send_one(
+                            Arc::clone(shared),
+                            channel,
+                            link.peer.clone(),
+                            conn.clone(),
+                            q,
+                        ));
+                    }
+                }
+                Err(e) => tracing::error!(peer = %link.peer, error = %e, "cannot read outbox"),
+            }
+        }
+        if lost && tasks.is_empty() {
+            break false;
+        }
+        tokio::select! {
+            () = shared.cancel.cancelled() => break true,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                let Ok((id, sent)) = done else { continue };
+                inflight.remove(&id);
+                match sent {
+                    Sent::Custody | Sent::Refused => {
+                        pause.reset();
+                        let mut st = lock(&link.state);
+                        st.last_seen_ms = Some(now_ms());
+                        st.rtt = Some(conn.rtt());
+                    }
+                    Sent::Retry => {
+                        paused_until = Some(tokio::time::Instant::now() + pause.next_delay());
+                    }
+                    Sent::Lost => lost = true,
+                }
+            }
+            () = link.wake.notified() => {}
+            _ = conn.closed(), if !lost => lost = true,
+            () = tokio::time::sleep(RESCAN) => {}
+        }
+    };
+    // Let in-flight transfers finish: their answers decide custody.
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((id, _)) = done {
+            inflight.remove(&id);
+        }
+    }
+    stopping
+}
+
+async fn send_one(
+    shared: Arc<Shared>,
+    channel: Channel,
+    peer: NodeId,
+    conn: PeerConnection,
+    q: Queued,
+) -> (MessageId, Sent) {
+    let id = q.id;
+    let Some(rt) = shared.channels.get(&channel) else {
+        return (id, Sent::Retry);
+    };
+    let now = now_ms();
+    // Egress policy, checked again against the roster in force now: a
+    // clearance lowered since the copy was queued stops it here.
+    let header = match envelope::peek_header(&q.envelope) {
+        Ok(h) => h,
+        Err(e) => {
+            return (
+                id,
+                refuse(
+                    &shared,
+                    rt,
+                    &peer,
+                    id,
+                    format!("stored envelope unreadable: {e}"),
+                    "malformed",
+                )
+                .await,
+            );
+        }
+    };
+    if now >= header.expires_ms {
+        // The sweeper marks it EXPIRED.
+        return (id, Sent::Retry);
+    }
+    let roster = shared.roster.get();
+    let mut parties: Vec<(Party, &NodeId)> = vec![(Party::NextHop, &peer)];
+    parties.extend(q.serves.iter().map(|r| (Party::Recipient, r)));
+    if let Err(e) = shared.check_label(&roster, header.label.class, channel, &parties) {
+        return (
+            id,
+            refuse(&shared, rt, &peer, id, format!("egress policy: {e}"), e.reason()).await,
+        );
+    }
+    let envelope = match pb::Envelope::decode(q.envelope.as_slice()) {
+        Ok(e) => e,
+        Err(e) => {
+            return (
+                id,
+                refuse(
+                    &shared,
+                    rt,
+                    &peer,
+                    id,
+                    format!("stored envelope unreadable: {e}"),
+                    "malformed",
+                )
+                .await,
+            );
+        }
+    };
+    let frame = pb::Frame {
+        kind: Some(pb::frame::Kind::Transfer(pb::Transfer {
+            envelope: Some(envelope),
+            hop_count: q.hop_count + 1,
+            serves: q.serves.iter().map(ToString::to_string).collect(),
+        })),
+    };
+    let answer = match conn.transfer(&frame, q.precedence.to_proto() as i32).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(%id, peer = %peer, error = %e, "transfer failed");
+            return (id, Sent::Lost);
+        }
+    };
+    match answer.kind {
+        Some(pb::frame::Kind::Accepted(_)) => (id, custody(&shared, rt, &peer, id).await),
+        Some(pb::frame::Kind::Rejected(r)) if r.code == RejectCode::Duplicate as i32 && r.permanent => {
+            // The next hop already has it: an earlier attempt's answer was lost.
+            (id, custody(&shared, rt, &peer, id).await)
+        }
+        Some(pb::frame::Kind::Rejected(r)) if r.permanent => {
+            let code = RejectCode::try_from(r.code).map_or("UNKNOWN", |c| c.as_str_name());
+            tracing::warn!(%id, peer = %peer, code, reason = %r.reason, "next hop refused");
+            (
+                id,
+                refuse(
+                    &shared,
+                    rt,
+                    &peer,
+                    id,
+                    format!("{code}: {}", r.reason),
+                    "by_next_hop",
+                )
+                .await,
+            )
+        }
+        Some(pb::frame::Kind::Rejected(r)) => {
+            tracing::debug!(%id, peer = %peer, reason = %r.reason, "next hop asks to retry");
+            (id, Sent::Retry)
+        }
+        _ => {
+            conn.close(sitrep_net::close_code::PROTOCOL, "expected Accepted or Rejected");
+            (id, Sent::Lost)
+        }
+    }
+}
+
+async fn custody(shared: &Shared, rt: &crate::shared::ChannelRt, peer: &NodeId, id: MessageId) -> Sent {
+    match rt
+        .store
+        .apply(vec![Op::Forwarded {
+            id,
+            next_hop: peer.clone(),
+            now_ms: now_ms(),
+        }])
+        .await
+    {
+        Ok(_) => {
+            shared.counters.inc("forwarded");
+            shared.emit(NodeEvent::Forwarded {
+                id,
+                next_hop: peer.clone(),
+            });
+            shared.bump();
+            Sent::Custody
+        }
+        Err(StoreError::Closed) => Sent::Lost,
+        Err(e) => {
+            // The next hop has it; we resend later and it answers DUPLICATE.
+            tracing::error!(%id, error = %e, "cannot record custody hand-off");
+            Sent::Retry
+        }
+    }
+}
+
+async fn refuse(
+    shared: &Shared,
+    rt: &crate::shared::ChannelRt,
+    peer: &NodeId,
+    id: MessageId,
+    reason: String,
+    counter: &str,
+) -> Sent {
+    shared.counters.inc(&format!("egress_refused.{counter}"));
+    shared.emit(NodeEvent::Refused {
+        reason: counter.to_owned(),
+        peer: Some(peer.clone()),
+    });
+    tracing::warn!(%id, peer = %peer, %reason, "copy dropped: refused");
+    match rt
+        .store
+        .apply(vec![Op::Rejected {
+            id,
+            next_hop: peer.clone(),
+            reason,
+            now_ms: now_ms(),
+        }])
+        .await
+    {
+        Ok(_) => {
+            shared.bump();
+            Sent::Refused
+        }
+        Err(_) => Sent::Retry,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        for (got, base) in d.iter().zip([100u64, 200, 400, 800, 800, 800]) {
+            let base = Duration::from_millis(base);
+            assert!(
+                *got >= base.mul_f64(0.75) && *got <= base.mul_f64(1.25),
+                "{got:?} vs {base:?}"
+            );
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(125));
+    }
+}

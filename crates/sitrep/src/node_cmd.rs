@@ -1,0 +1,75 @@
+//! `sitrep node --config FILE`: run a node until SIGTERM or Ctrl-C.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use sitrep_node::{Config, Node};
+use tracing_subscriber::EnvFilter;
+
+pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    init_logging(&config.log.level, config.log.json)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("sitrep")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let node = Node::start(config).await?;
+        // One line per channel on stdout, for scripts and the test kit.
+        let mut out = std::io::stdout().lock();
+        for channel in sitrep_core::Channel::ALL {
+            if let Some(addr) = node.local_addr(channel) {
+                writeln!(out, "ready node={} channel={channel} addr={addr}", node.id())?;
+            }
+        }
+        out.flush()?;
+        drop(out);
+        node.run_until(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn init_logging(level: &str, json: bool) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_env("SITREP_LOG")
+        .or_else(|_| EnvFilter::try_new(level))
+        .with_context(|| format!("config key log.level: {level:?} is not a tracing filter"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}
