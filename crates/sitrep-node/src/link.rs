@@ -148,7 +148,9 @@ async fn send_loop(
     let mut lost = false;
     let stopping = loop {
         if *lock(&link.generation) != generation {
-            // The peer moved: reconnect.
+            // The peer moved: transfers on the old connection will never be
+            // answered, so fail them now (their copies stay queued) and reconnect.
+            conn.close(sitrep_net::close_code::SHUTDOWN, "peer address changed");
             break false;
         }
         let room = shared.limits.max_in_flight.saturating_sub(inflight.len());

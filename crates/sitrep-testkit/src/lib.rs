@@ -349,7 +349,20 @@ impl TestNet {
         self.rewire();
     }
 
-    /// SIGKILLs the child process `id` (no graceful anything).
+    /// The process id of child `id`, to signal it directly.
+    ///
+    /// # Panics
+    /// If `id` is not a child process.
+    #[must_use]
+    pub fn child_pid(&self, id: &str) -> u32 {
+        match self.slots.get(id) {
+            Some(Slot::Child(c)) => c.child.id(),
+            _ => panic!("{id} is not a child process"),
+        }
+    }
+
+    /// SIGKILLs the child process `id` (no graceful anything) and reaps it;
+    /// fine if it was already killed through [`Self::child_pid`].
     ///
     /// # Panics
     /// If `id` is not a child process.
@@ -357,7 +370,7 @@ impl TestNet {
     pub fn kill_child(&mut self, id: &str) {
         match self.slots.insert(id.to_owned(), Slot::Stopped) {
             Some(Slot::Child(mut c)) => {
-                c.child.kill().expect("kill -9");
+                let _ = c.child.kill();
                 c.child.wait().expect("reap");
             }
             _ => panic!("{id} is not a child process"),

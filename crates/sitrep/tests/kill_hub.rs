@@ -1,0 +1,96 @@
+//! The hub runs as a child process (`sitrep node`) and is killed with
+//! SIGKILL while 2,000 reports are in flight, then restarted on the same
+//! data: none is lost, none is delivered twice.
+//!
+//! This test lives with the binary crate because it runs the real `sitrep`
+//! executable, which Cargo builds for this crate's tests.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use sitrep_core::{Channel, Class, Label, MessageId, Mode, NodeId, Precedence};
+use sitrep_node::{Content, Submission};
+use sitrep_store::DeliveryState;
+use sitrep_testkit::{TestNet, line, wait_until};
+
+const N: usize = 2000;
+const LONG: Duration = Duration::from_secs(180);
+
+fn n(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
+    let mut net = TestNet::prepare(&line());
+    net.start_node("socialstyrelsen").await;
+    net.start_node("region-uppsala").await;
+    net.spawn_child("nspl-hub", bin);
+
+    let region = net.node("region-uppsala");
+    let hub_pid = net.child_pid("nspl-hub");
+    let delivered = |net: &TestNet| net.node("socialstyrelsen").inbox(Channel::Open, 0, 10 * N).expect("inbox").len();
+    let now = sitrep_node::clock::now_ms();
+    let submit_all = async {
+        let mut submitted = HashSet::new();
+        for i in 0..N {
+            let mut report = sitrep_core::report::example_uppsala(now);
+            report.report_number = u32::try_from(i + 1).expect("small");
+            let id = region
+                .submit(Submission {
+                    author: "TiB".into(),
+                    label: Label::new(Class::Sensitive),
+                    precedence: Precedence::Routine,
+                    mode: Mode::Exercise,
+                    recipients: vec![n("socialstyrelsen")],
+                    expires_ms: None,
+                    content: Content::Report(report),
+                })
+                .await
+                .expect("submit");
+            submitted.insert(id);
+        }
+        submitted
+    };
+    // SIGKILL the hub once traffic flows through it, while the region is still submitting.
+    let kill_midway = async {
+        wait_until(net.node("socialstyrelsen"), LONG, "the first deliveries through the hub", || {
+            delivered(&net) >= 100
+        })
+        .await
+        .expect("traffic flows");
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", &hub_pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -9 {hub_pid}");
+        delivered(&net)
+    };
+    let (submitted, at_kill) = tokio::join!(submit_all, kill_midway);
+    assert!(at_kill < N, "the kill must come while reports are in flight ({at_kill} delivered)");
+    net.kill_child("nspl-hub");
+
+    // Restart on the same data directory (a new port: the testkit rewires the peers).
+    net.spawn_child("nspl-hub", bin);
+    wait_until(net.node("socialstyrelsen"), LONG, "all 2000 deliveries", || delivered(&net) >= N)
+        .await
+        .expect("all delivered");
+    let authority = net.node("socialstyrelsen");
+
+    let got = authority.inbox(Channel::Open, 0, 10 * N).expect("inbox");
+    assert_eq!(got.len(), N, "none delivered twice");
+    let ids: HashSet<MessageId> = got.iter().map(|r| r.header.id).collect();
+    assert_eq!(ids, submitted, "none lost");
+
+    let region = net.node("region-uppsala");
+    wait_until(region, LONG, "every receipt back at the region", || {
+        submitted
+            .iter()
+            .all(|id| region.delivery(id).expect("delivery").iter().all(|d| d.state == DeliveryState::Delivered))
+    })
+    .await
+    .expect("receipts");
+    net.shutdown().await;
+}
