@@ -329,6 +329,7 @@ async fn custody(shared: &Shared, rt: &crate::shared::ChannelRt, peer: &NodeId, 
         .await
     {
         Ok(_) => {
+            tracing::debug!(%id, next_hop = %peer, "forwarded");
             shared.counters.inc("forwarded");
             shared.emit(NodeEvent::Forwarded {
                 id,

@@ -349,6 +349,29 @@ impl TestNet {
         self.rewire();
     }
 
+    /// Sends SIGTERM to child `id` and waits (at most `timeout`) for it to exit.
+    ///
+    /// # Panics
+    /// If `id` is not a child process, or it does not exit in time.
+    #[allow(clippy::expect_used)]
+    pub fn terminate_child(&mut self, id: &str, timeout: Duration) -> std::process::ExitStatus {
+        let Some(Slot::Child(mut c)) = self.slots.insert(id.to_owned(), Slot::Stopped) else {
+            panic!("{id} is not a child process");
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &c.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(c.child.wait());
+        });
+        rx.recv_timeout(timeout)
+            .expect("the node exits after SIGTERM")
+            .expect("wait for the child")
+    }
+
     /// The process id of child `id`, to signal it directly.
     ///
     /// # Panics

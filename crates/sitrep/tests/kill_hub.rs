@@ -94,3 +94,45 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
     .expect("receipts");
     net.shutdown().await;
 }
+
+/// SIGTERM: the node finishes what it holds, flushes, and exits 0; what it
+/// held in custody is there when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_a_node_down_gracefully() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
+    let mut net = TestNet::prepare(&line());
+    net.start_node("region-uppsala").await;
+    net.spawn_child("nspl-hub", bin);
+    // The authority is down: the hub keeps the report in custody.
+    let id = net
+        .node("region-uppsala")
+        .submit(Submission {
+            author: "TiB".into(),
+            label: Label::new(Class::Sensitive),
+            precedence: Precedence::Flash,
+            mode: Mode::Exercise,
+            recipients: vec![n("socialstyrelsen")],
+            expires_ms: None,
+            content: Content::Report(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms())),
+        })
+        .await
+        .expect("submit");
+    let region = net.node("region-uppsala");
+    wait_until(region, LONG, "custody at the hub", || {
+        region.delivery(&id).expect("delivery").iter().all(|d| d.state == DeliveryState::Forwarded)
+    })
+    .await
+    .expect("forwarded to the hub");
+    let status = net.terminate_child("nspl-hub", Duration::from_secs(20));
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    // Back up with the authority present: the report held over the restart arrives.
+    net.start_node("socialstyrelsen").await;
+    net.spawn_child("nspl-hub", bin);
+    let authority = net.node("socialstyrelsen");
+    wait_until(authority, LONG, "delivery after the restart", || {
+        authority.inbox(Channel::Open, 0, 10).expect("inbox").iter().any(|r| r.header.id == id)
+    })
+    .await
+    .expect("delivered");
+    net.shutdown().await;
+}
