@@ -28,7 +28,12 @@ async fn a_thousand_reports_wait_for_the_authority_and_arrive_once_in_precedence
     let region = net.node("region-uppsala");
 
     // Precedences interleaved, so the order of submission is not the order of delivery.
-    let levels = [Precedence::Routine, Precedence::Flash, Precedence::Priority, Precedence::Immediate];
+    let levels = [
+        Precedence::Routine,
+        Precedence::Flash,
+        Precedence::Priority,
+        Precedence::Immediate,
+    ];
     let mut submitted = HashSet::new();
     let now = sitrep_node::clock::now_ms();
     for i in 0..N {
@@ -55,19 +60,28 @@ async fn a_thousand_reports_wait_for_the_authority_and_arrive_once_in_precedence
             .find(|(_, h)| h.next_hop == n("socialstyrelsen"))
             .map_or(0, |(_, h)| h.depth)
     };
-    wait_until(hub, LONG, "all reports in custody at the hub", || queued_at_hub() == N as u64)
-        .await
-        .expect("hub holds the backlog");
+    wait_until(hub, LONG, "all reports in custody at the hub", || {
+        queued_at_hub() == N as u64
+    })
+    .await
+    .expect("hub holds the backlog");
     let region = net.node("region-uppsala");
-    wait_until(region, LONG, "the region's outbox drained (custody acknowledged)", || region.outboxes().is_empty())
-        .await
-        .expect("the region handed everything to the hub");
+    wait_until(
+        region,
+        LONG,
+        "the region's outbox drained (custody acknowledged)",
+        || region.outboxes().is_empty(),
+    )
+    .await
+    .expect("the region handed everything to the hub");
 
     // The authority comes up.
     net.start_node("socialstyrelsen").await;
     let authority = net.node("socialstyrelsen");
     let inbox = || authority.inbox(Channel::Open, 0, 10 * N).expect("inbox");
-    wait_until(authority, LONG, "1000 deliveries", || inbox().len() >= N).await.expect("delivered");
+    wait_until(authority, LONG, "1000 deliveries", || inbox().len() >= N)
+        .await
+        .expect("delivered");
 
     // Exactly once.
     let got = inbox();
@@ -79,19 +93,32 @@ async fn a_thousand_reports_wait_for_the_authority_and_arrive_once_in_precedence
     let order: Vec<Precedence> = got.iter().map(|r| r.header.precedence).collect();
     for (i, p) in order.iter().enumerate() {
         let overtaken_by = order[..i].iter().filter(|q| *q < p).count();
-        assert!(overtaken_by <= WINDOW, "{p} at position {i} overtaken by {overtaken_by} lower reports");
+        assert!(
+            overtaken_by <= WINDOW,
+            "{p} at position {i} overtaken by {overtaken_by} lower reports"
+        );
     }
     // FLASH first, ROUTINE last.
     assert!(order[..N / 4 - WINDOW].iter().all(|p| *p == Precedence::Flash));
-    assert!(order[N - N / 4 + WINDOW..].iter().all(|p| *p == Precedence::Routine));
+    assert!(
+        order[N - N / 4 + WINDOW..]
+            .iter()
+            .all(|p| *p == Precedence::Routine)
+    );
 
     // And the receipts make every report DELIVERED at the origin.
     let region = net.node("region-uppsala");
     let all_delivered = || {
         submitted.iter().all(|id| {
-            region.delivery(id).expect("delivery").iter().all(|d| d.state == DeliveryState::Delivered)
+            region
+                .delivery(id)
+                .expect("delivery")
+                .iter()
+                .all(|d| d.state == DeliveryState::Delivered)
         })
     };
-    wait_until(region, LONG, "1000 receipts", all_delivered).await.expect("receipts");
+    wait_until(region, LONG, "1000 receipts", all_delivered)
+        .await
+        .expect("receipts");
     net.shutdown().await;
 }

@@ -312,7 +312,7 @@ impl OpenError {
     #[must_use]
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::TooLarge(_) => "too_large",
+            Self::TooLarge(_) => "envelope_too_large",
             Self::Decode { .. } | Self::InvalidHeader(_) | Self::WrongForm(..) | Self::KeyWrapMismatch => {
                 "malformed"
             }

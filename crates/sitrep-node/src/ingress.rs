@@ -42,6 +42,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, channel: Channel) -> Result
             }
             Some(Err(e)) => {
                 shared.refuse("peer");
+                shared.audit("refuse", None, None, channel, None, &format!("peer: {e}"));
                 tracing::warn!(%channel, error = %e, "refused connection");
                 shared.emit(NodeEvent::Refused {
                     reason: "peer".into(),
@@ -72,10 +73,34 @@ async fn serve_connection(shared: Arc<Shared>, channel: Channel, conn: PeerConne
             Ok(None) => break,
             Err(NetError::FrameTooLarge { len, limit }) => {
                 shared.refuse("frame_too_large");
+                shared.emit(NodeEvent::Refused {
+                    reason: "frame_too_large".into(),
+                    peer: Some(conn.peer().clone()),
+                });
+                shared.audit(
+                    "refuse",
+                    None,
+                    Some(conn.peer()),
+                    channel,
+                    None,
+                    &format!("frame_too_large: {len} > {limit}"),
+                );
                 tracing::warn!(peer = %conn.peer(), len, limit, "refused frame over the size limit");
             }
             Err(NetError::Decode(e)) => {
                 shared.refuse("malformed");
+                shared.emit(NodeEvent::Refused {
+                    reason: "malformed".into(),
+                    peer: Some(conn.peer().clone()),
+                });
+                shared.audit(
+                    "refuse",
+                    None,
+                    Some(conn.peer()),
+                    channel,
+                    None,
+                    &format!("malformed: {e}"),
+                );
                 tracing::warn!(peer = %conn.peer(), error = %e, "refused undecodable frame");
             }
             Err(e) => {
@@ -148,6 +173,22 @@ async fn handle(shared: Arc<Shared>, channel: Channel, conn: PeerConnection, t: 
         },
         Err(r) => {
             shared.refuse(r.counter);
+            // The id and class as claimed: unverified, but what the refusal was about.
+            let claimed = match &t.frame.kind {
+                Some(pb::frame::Kind::Transfer(tr)) => tr
+                    .envelope
+                    .as_ref()
+                    .and_then(|e| envelope::peek_header(&e.encode_to_vec()).ok()),
+                _ => None,
+            };
+            shared.audit(
+                "refuse",
+                claimed.as_ref().map(|h| h.id),
+                Some(&peer),
+                channel,
+                claimed.as_ref().map(|h| h.label.class),
+                &format!("{}: {}", r.counter, r.reason),
+            );
             tracing::warn!(peer = %peer, %channel, reason = r.counter, detail = %r.reason, "refused transfer");
             shared.emit(NodeEvent::Refused {
                 reason: r.counter.to_owned(),
@@ -335,6 +376,7 @@ async fn ingest(
         Err(e) => return Err(store_refusal(e)),
     }
     shared.counters.inc("accepted");
+    shared.audit("accept", Some(h.id), Some(peer), channel, Some(class), "");
     for hop in notify {
         if let Some(link) = rt.links.get(&hop) {
             link.wake.notify_one();
@@ -342,6 +384,7 @@ async fn ingest(
     }
     if delivered {
         shared.counters.inc("delivered");
+        shared.audit("deliver", Some(h.id), Some(peer), channel, Some(class), "");
         tracing::info!(id = %h.id, origin = %h.origin, %channel, class = %class, "delivered");
         shared.emit(NodeEvent::Delivered {
             id: h.id,
@@ -351,6 +394,7 @@ async fn ingest(
     }
     if let Some((id, recipient)) = receipt_for {
         shared.counters.inc("receipts");
+        shared.audit("receipt", Some(id), Some(&recipient), channel, Some(class), "");
         tracing::info!(%id, %recipient, "receipt");
         shared.emit(NodeEvent::Receipt { id, recipient });
     }

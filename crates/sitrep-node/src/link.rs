@@ -330,6 +330,7 @@ async fn custody(shared: &Shared, rt: &crate::shared::ChannelRt, peer: &NodeId, 
     {
         Ok(_) => {
             tracing::debug!(%id, next_hop = %peer, "forwarded");
+            shared.audit("forward", Some(id), Some(peer), rt.channel, None, "");
             shared.counters.inc("forwarded");
             shared.emit(NodeEvent::Forwarded {
                 id,
@@ -356,6 +357,14 @@ async fn refuse(
     counter: &str,
 ) -> Sent {
     shared.counters.inc(&format!("egress_refused.{counter}"));
+    shared.audit(
+        "refuse",
+        Some(id),
+        Some(peer),
+        rt.channel,
+        None,
+        &format!("egress: {reason}"),
+    );
     shared.emit(NodeEvent::Refused {
         reason: counter.to_owned(),
         peer: Some(peer.clone()),

@@ -42,6 +42,9 @@ pub enum NodeError {
 }
 
 /// What to send.
+// A submission is built once per report and moved, never stored in bulk:
+// boxing the report would buy nothing but an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Content {
     /// A situation report, validated before sealing.
@@ -259,6 +262,8 @@ impl Node {
             }
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| cerr("node.data_dir", e.to_string()))?;
+        let audit = sitrep_store::audit::AuditLog::open(&config.data_dir.join("audit.log"))
+            .map_err(|e| cerr("node.data_dir", e.to_string()))?;
 
         let roster = Arc::new(RosterCell::new(roster));
         let gate = Arc::new(PeerGate {
@@ -331,6 +336,7 @@ impl Node {
             events,
             cancel: CancellationToken::new(),
             ingress_busy: Mutex::new(HashSet::new()),
+            audit,
         });
         let mut tasks = JoinSet::new();
         for (channel, rt) in &shared.channels {
@@ -497,6 +503,7 @@ impl Node {
         };
         ch.store.apply(vec![Op::Ingest(ingest)]).await?;
         s.counters.inc("submitted");
+        s.audit("submit", Some(id), None, channel, Some(class), "");
         for hop in plan.copies.keys() {
             if let Some(link) = ch.links.get(hop) {
                 link.wake.notify_one();
@@ -526,6 +533,21 @@ impl Node {
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Whether any channel store holds `id` in its dedup set: the node stored
+    /// (and would refuse a replay of) that message. Read-only; for tests and
+    /// diagnostics.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn has_seen(&self, id: &MessageId) -> Result<bool, StoreError> {
+        for ch in self.shared.channels.values() {
+            if ch.store.seen(id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Inbox entries after `cursor` on `channel`, opened.
@@ -648,6 +670,7 @@ impl Node {
             rt.endpoint.shutdown().await;
             rt.store.close();
         }
+        self.shared.audit.close();
         tracing::info!(node = %self.shared.id, "stopped");
     }
 }
@@ -682,6 +705,14 @@ async fn sweeper(shared: Arc<Shared>) -> Result<(), NodeError> {
                             for (id, hops) in list {
                                 any = true;
                                 shared.counters.inc("expired");
+                                shared.audit(
+                                    "expire",
+                                    Some(id),
+                                    None,
+                                    rt.channel,
+                                    None,
+                                    "expired before delivery",
+                                );
                                 tracing::info!(%id, channel = %rt.channel, hops = hops.len(), "expired");
                                 shared.emit(NodeEvent::Expired { id });
                             }

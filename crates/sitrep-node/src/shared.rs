@@ -11,6 +11,7 @@ use sitrep_core::{Channel, Class, MessageId, NodeId, PolicyError, Roster};
 use sitrep_crypto::{HpkeSecretKey, SigningKey};
 use sitrep_net::{ChannelEndpoint, PeerPolicy};
 use sitrep_store::SledStore;
+use sitrep_store::audit::{AuditEntry, AuditLog};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -131,6 +132,8 @@ pub(crate) struct Shared {
     /// Ids being handled by an ingress task right now, so a retransmission
     /// racing the first copy waits for its outcome instead of double work.
     pub(crate) ingress_busy: Mutex<HashSet<MessageId>>,
+    /// The hash-chained audit log.
+    pub(crate) audit: AuditLog,
 }
 
 impl Shared {
@@ -146,6 +149,29 @@ impl Shared {
 
     pub(crate) fn refuse(&self, reason: &str) {
         self.counters.inc(&format!("refused.{reason}"));
+        // Waiters on counters see refusals at once.
+        self.bump();
+    }
+
+    /// Appends to the audit log.
+    pub(crate) fn audit(
+        &self,
+        event: &'static str,
+        id: Option<MessageId>,
+        peer: Option<&NodeId>,
+        channel: Channel,
+        class: Option<Class>,
+        reason: &str,
+    ) {
+        self.audit.append(AuditEntry {
+            time_ms: crate::clock::now_ms(),
+            event,
+            id,
+            peer: peer.cloned(),
+            channel: channel.to_string(),
+            class: class.map(|c| c.as_str().to_owned()),
+            reason: reason.to_owned(),
+        });
     }
 
     /// The highest class this node may hold on `channel`: its roster

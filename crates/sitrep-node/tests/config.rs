@@ -16,14 +16,24 @@ fn pki(dir: &Path) -> PathBuf {
         clearance: clearance.into(),
         api: any,
         peers,
-        channels: [("open".to_owned(), TopologyChannel { listen: any, max_class: None })].into(),
+        channels: [(
+            "open".to_owned(),
+            TopologyChannel {
+                listen: any,
+                max_class: None,
+            },
+        )]
+        .into(),
     };
     let t = Topology {
         network: "t".into(),
         roster_serial: 1,
         roster_validity_days: 2,
         cert_validity_days: 2,
-        nodes: vec![node("region-a", vec!["hub".into()], "SENSITIVE"), node("hub", vec!["region-a".into()], "SENSITIVE")],
+        nodes: vec![
+            node("region-a", vec!["hub".into()], "SENSITIVE"),
+            node("hub", vec!["region-a".into()], "SENSITIVE"),
+        ],
     };
     let out = dir.join("pki");
     sitrep_node::devpki::generate(&t, &out).expect("pki");
@@ -62,28 +72,64 @@ fn bad_values_name_their_key() {
     assert!(msg.contains("missing.crt") && msg.contains("not found"), "{msg}");
 
     let (key, _) = key_of(load_edited(&p, "channel = \"open\"", "channel = \"secure\""));
-    assert_eq!(key, "peers[0].channel", "a peer on a channel this node does not configure");
+    assert_eq!(
+        key, "peers[0].channel",
+        "a peer on a channel this node does not configure"
+    );
 
-    let (key, _) = key_of(load_edited(&p, "[api]", "[limits]\nidle_timeout = \"soon\"\n\n[api]"));
+    let (key, _) = key_of(load_edited(
+        &p,
+        "[api]",
+        "[limits]\nidle_timeout = \"soon\"\n\n[api]",
+    ));
     assert!(key.starts_with("file "), "{key}");
-    let msg = load_edited(&p, "[api]", "[limits]\nidle_timeout = \"soon\"\n\n[api]").expect_err("bad duration").to_string();
+    let msg = load_edited(&p, "[api]", "[limits]\nidle_timeout = \"soon\"\n\n[api]")
+        .expect_err("bad duration")
+        .to_string();
     assert!(msg.contains("idle_timeout"), "the message names the key: {msg}");
 
-    let msg = load_edited(&p, "[api]", "[bogus]\nx = 1\n\n[api]").expect_err("unknown section").to_string();
+    let msg = load_edited(&p, "[api]", "[bogus]\nx = 1\n\n[api]")
+        .expect_err("unknown section")
+        .to_string();
     assert!(msg.contains("bogus"), "{msg}");
-    let msg = load_edited(&p, "data_dir = \"data\"", "data_dir = \"data\"\ncolour = \"blue\"").expect_err("unknown key").to_string();
+    let msg = load_edited(
+        &p,
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ncolour = \"blue\"",
+    )
+    .expect_err("unknown key")
+    .to_string();
     assert!(msg.contains("colour"), "{msg}");
 
-    let (key, _) = key_of(load_edited(&p, "max_class = \"SENSITIVE\"", "max_class = \"SECRET\""));
+    let (key, _) = key_of(load_edited(
+        &p,
+        "max_class = \"SENSITIVE\"",
+        "max_class = \"SECRET\"",
+    ));
     assert_eq!(key, "channels.open.max_class");
-    let (key, _) = key_of(load_edited(&p, "[api]", "[limits]\nkeep_alive = \"60s\"\n\n[api]"));
+    let (key, _) = key_of(load_edited(
+        &p,
+        "[api]",
+        "[limits]\nkeep_alive = \"60s\"\n\n[api]",
+    ));
     assert_eq!(key, "limits.keep_alive");
-    let (key, _) = key_of(load_edited(&p, "listen = \"127.0.0.1:0\"", "listen = \"nowhere\""));
+    let (key, _) = key_of(load_edited(
+        &p,
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"nowhere\"",
+    ));
     assert_eq!(key, "channels.open.listen");
     let (key, _) = key_of(load_edited(&p, "open = \"hub\"", "open = \"elsewhere\""));
     assert_eq!(key, "routes.default.open");
-    let (key, _) = key_of(load_edited(&p, "[channels.open]", "[channels.open]\ncrl = \"x.crl\""));
-    assert_eq!(key, "channels.open.crl", "CRL configured but not implemented: refuse, never ignore");
+    let (key, _) = key_of(load_edited(
+        &p,
+        "[channels.open]",
+        "[channels.open]\ncrl = \"x.crl\"",
+    ));
+    assert_eq!(
+        key, "channels.open.crl",
+        "CRL configured but not implemented: refuse, never ignore"
+    );
 }
 
 #[test]
@@ -100,8 +146,11 @@ fn environment_overrides_config_keys() {
     let c = Config::load_with_env(&p, env).expect("loads");
     assert_eq!(c.limits.hop_limit, 3);
     assert_eq!(c.api.expect("api").listen.port(), 9999);
-    let e = Config::load_with_env(&p, vec![("SITREP_LIMITS__HOP_LIMIT".to_owned(), "many".to_owned())])
-        .expect_err("bad override");
+    let e = Config::load_with_env(
+        &p,
+        vec![("SITREP_LIMITS__HOP_LIMIT".to_owned(), "many".to_owned())],
+    )
+    .expect_err("bad override");
     assert!(e.to_string().contains("hop_limit"), "{e}");
 }
 
@@ -120,7 +169,12 @@ async fn a_node_id_not_in_the_roster_or_a_foreign_key_stops_start_up() {
     }
     // The hub's signing key in the region's config: refused, never run as someone else.
     let mut c = Config::load_with_env(&p, Vec::new()).expect("loads");
-    c.signing_key = p.parent().expect("dir").parent().expect("pki").join("hub/signing.key");
+    c.signing_key = p
+        .parent()
+        .expect("dir")
+        .parent()
+        .expect("pki")
+        .join("hub/signing.key");
     match Node::start(c).await {
         Err(NodeError::Config(e)) => assert_eq!(e.key, "node.signing_key"),
         other => panic!("expected a config error, got {other:?}"),

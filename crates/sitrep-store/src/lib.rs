@@ -24,6 +24,7 @@
 //!
 //! Not here: what to store (routing, policy: `sitrep-core`), networking.
 
+pub mod audit;
 mod keys;
 mod records;
 mod sled_store;

@@ -92,8 +92,11 @@ pub struct TestNet {
     slots: BTreeMap<String, Slot>,
     /// Bound addresses, per node and channel.
     addrs: BTreeMap<(String, Channel), SocketAddr>,
-    overrides: BTreeMap<String, Box<dyn Fn(&mut Config) + Send + Sync>>,
+    overrides: BTreeMap<String, Box<ConfigEdit>>,
 }
+
+/// A change to a node's config before it starts.
+type ConfigEdit = dyn Fn(&mut Config) + Send + Sync;
 
 impl std::fmt::Debug for TestNet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

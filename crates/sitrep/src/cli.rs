@@ -30,10 +30,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Roster tools.
     Roster {
         #[command(subcommand)]
         command: RosterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of a node's audit log; report the first broken link.
+    Verify {
+        /// The node's config file (the log is `<data_dir>/audit.log`).
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -75,6 +90,18 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DevPki { topology, out } => {
             let t = sitrep_node::devpki::read_topology(&topology)?;
             println!("{}", sitrep_node::devpki::generate(&t, &out)?);
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { config },
+        } => {
+            let config = sitrep_node::Config::load(&config)?;
+            let path = config.data_dir.join("audit.log");
+            let (entries, head) = sitrep_store::audit::verify(&path)?;
+            println!(
+                "audit log {}: {entries} entries, chain intact, head {head}",
+                path.display()
+            );
             Ok(())
         }
         Command::Roster { command } => match command {

@@ -1,3 +1,5 @@
+//! Tests that run the real `sitrep` binary as node processes.
+//!
 //! The hub runs as a child process (`sitrep node`) and is killed with
 //! SIGKILL while 2,000 reports are in flight, then restarted on the same
 //! data: none is lost, none is delivered twice.
@@ -31,7 +33,12 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
 
     let region = net.node("region-uppsala");
     let hub_pid = net.child_pid("nspl-hub");
-    let delivered = |net: &TestNet| net.node("socialstyrelsen").inbox(Channel::Open, 0, 10 * N).expect("inbox").len();
+    let delivered = |net: &TestNet| {
+        net.node("socialstyrelsen")
+            .inbox(Channel::Open, 0, 10 * N)
+            .expect("inbox")
+            .len()
+    };
     let now = sitrep_node::clock::now_ms();
     let submit_all = async {
         let mut submitted = HashSet::new();
@@ -56,9 +63,12 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
     };
     // SIGKILL the hub once traffic flows through it, while the region is still submitting.
     let kill_midway = async {
-        wait_until(net.node("socialstyrelsen"), LONG, "the first deliveries through the hub", || {
-            delivered(&net) >= 100
-        })
+        wait_until(
+            net.node("socialstyrelsen"),
+            LONG,
+            "the first deliveries through the hub",
+            || delivered(&net) >= 100,
+        )
         .await
         .expect("traffic flows");
         let status = std::process::Command::new("kill")
@@ -69,14 +79,19 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
         delivered(&net)
     };
     let (submitted, at_kill) = tokio::join!(submit_all, kill_midway);
-    assert!(at_kill < N, "the kill must come while reports are in flight ({at_kill} delivered)");
+    assert!(
+        at_kill < N,
+        "the kill must come while reports are in flight ({at_kill} delivered)"
+    );
     net.kill_child("nspl-hub");
 
     // Restart on the same data directory (a new port: the testkit rewires the peers).
     net.spawn_child("nspl-hub", bin);
-    wait_until(net.node("socialstyrelsen"), LONG, "all 2000 deliveries", || delivered(&net) >= N)
-        .await
-        .expect("all delivered");
+    wait_until(net.node("socialstyrelsen"), LONG, "all 2000 deliveries", || {
+        delivered(&net) >= N
+    })
+    .await
+    .expect("all delivered");
     let authority = net.node("socialstyrelsen");
 
     let got = authority.inbox(Channel::Open, 0, 10 * N).expect("inbox");
@@ -86,9 +101,13 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
 
     let region = net.node("region-uppsala");
     wait_until(region, LONG, "every receipt back at the region", || {
-        submitted
-            .iter()
-            .all(|id| region.delivery(id).expect("delivery").iter().all(|d| d.state == DeliveryState::Delivered))
+        submitted.iter().all(|id| {
+            region
+                .delivery(id)
+                .expect("delivery")
+                .iter()
+                .all(|d| d.state == DeliveryState::Delivered)
+        })
     })
     .await
     .expect("receipts");
@@ -119,7 +138,11 @@ async fn sigterm_shuts_a_node_down_gracefully() {
         .expect("submit");
     let region = net.node("region-uppsala");
     wait_until(region, LONG, "custody at the hub", || {
-        region.delivery(&id).expect("delivery").iter().all(|d| d.state == DeliveryState::Forwarded)
+        region
+            .delivery(&id)
+            .expect("delivery")
+            .iter()
+            .all(|d| d.state == DeliveryState::Forwarded)
     })
     .await
     .expect("forwarded to the hub");
@@ -130,9 +153,92 @@ async fn sigterm_shuts_a_node_down_gracefully() {
     net.spawn_child("nspl-hub", bin);
     let authority = net.node("socialstyrelsen");
     wait_until(authority, LONG, "delivery after the restart", || {
-        authority.inbox(Channel::Open, 0, 10).expect("inbox").iter().any(|r| r.header.id == id)
+        authority
+            .inbox(Channel::Open, 0, 10)
+            .expect("inbox")
+            .iter()
+            .any(|r| r.header.id == id)
     })
     .await
     .expect("delivered");
     net.shutdown().await;
+}
+
+/// Every accept, forward and delivery lands in each node's audit log, whose
+/// chain `sitrep audit verify` checks; one changed byte is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_traffic_and_finds_tampering() {
+    let mut net = TestNet::start(&line()).await;
+    let id = net
+        .node("region-uppsala")
+        .submit(Submission {
+            author: "TiB".into(),
+            label: Label::new(Class::Sensitive),
+            precedence: Precedence::Routine,
+            mode: Mode::Exercise,
+            recipients: vec![n("socialstyrelsen")],
+            expires_ms: None,
+            content: Content::Report(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms())),
+        })
+        .await
+        .expect("submit");
+    let region = net.node("region-uppsala");
+    wait_until(region, LONG, "the receipt", || {
+        region
+            .delivery(&id)
+            .expect("delivery")
+            .iter()
+            .all(|d| d.state == DeliveryState::Delivered)
+    })
+    .await
+    .expect("delivered");
+    for node in ["region-uppsala", "nspl-hub", "socialstyrelsen"] {
+        net.stop(node).await;
+    }
+    let verify = |node: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sitrep"))
+            .args(["audit", "verify", "--config"])
+            .arg(net.config_path(node))
+            .output()
+            .expect("run sitrep audit verify")
+    };
+    let log = |node: &str| net.config(node).data_dir.join("audit.log");
+    let hub_log = std::fs::read_to_string(log("nspl-hub")).expect("hub audit log");
+    let id_text = id.to_string();
+    assert!(
+        hub_log
+            .lines()
+            .any(|l| l.contains("\taccept\t") && l.contains(&id_text)),
+        "{hub_log}"
+    );
+    assert!(
+        hub_log
+            .lines()
+            .any(|l| l.contains("\tforward\t") && l.contains(&id_text)),
+        "{hub_log}"
+    );
+    let authority_log = std::fs::read_to_string(log("socialstyrelsen")).expect("log");
+    assert!(
+        authority_log
+            .lines()
+            .any(|l| l.contains("\tdeliver\t") && l.contains(&id_text))
+    );
+    for node in ["region-uppsala", "nspl-hub", "socialstyrelsen"] {
+        let o = verify(node);
+        assert!(
+            o.status.success(),
+            "{node}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("chain intact"));
+    }
+    // One byte changed in the hub's log: found, with the line.
+    let mut bytes = hub_log.into_bytes();
+    let at = bytes.iter().position(|b| *b == b'\t').expect("a field") + 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(log("nspl-hub"), &bytes).expect("tamper");
+    let o = verify("nspl-hub");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("line 1"), "{err}");
 }
