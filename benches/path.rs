@@ -52,6 +52,8 @@ struct Params {
     rate: u32,
     secs: u32,
     warmup: usize,
+    /// Time spent measuring each primitive.
+    budget: Duration,
 }
 
 impl Params {
@@ -71,6 +73,7 @@ impl Params {
                 rate: 100,
                 secs: 1,
                 warmup: 10,
+                budget: Duration::from_millis(20),
             }
         } else {
             Self {
@@ -78,6 +81,7 @@ impl Params {
                 rate: var("SITREP_BENCH_RATE", 500)?,
                 secs: var("SITREP_BENCH_SECS", 10)?,
                 warmup: WARMUP,
+                budget: Duration::from_millis(300),
             }
         };
         ensure!(
@@ -164,7 +168,7 @@ async fn run(p: Params) -> anyhow::Result<()> {
     net.shutdown().await;
 
     // The primitive bound, after the nodes are gone so nothing competes for the cores.
-    let b = bound()?;
+    let b = bound(p.budget)?;
     println!(
         "path.primitives_us sign_report={:.1} hpke_seal={:.1} verify_report={:.1} hpke_open={:.1} \
          sign_receipt={:.1} verify_receipt={:.1} sum={:.1} (sign+seal, verify, verify+open, sign receipt, 2x verify receipt)",
@@ -447,6 +451,9 @@ async fn diagnose(template: &Arc<pb::SituationReport>, n: usize) -> anyhow::Resu
     Ok(())
 }
 
+/// When something happened to each message.
+type Times = HashMap<MessageId, Instant>;
+
 /// One frame seen by a [`Recorder`].
 #[derive(Debug)]
 struct Seen {
@@ -568,7 +575,7 @@ async fn breakdown(
         let arrived = frames(to, Direction::Received, from, true)?;
         let answered = frames(to, Direction::Sent, from, false)?;
         let answer_in = frames(from, Direction::Received, to, false)?;
-        let stages: [(&str, &HashMap<MessageId, Instant>, &HashMap<MessageId, Instant>); 5] = [
+        let stages: [(&str, &Times, &Times); 5] = [
             ("queued", &queued_at, &sent),
             ("wire", &sent, &arrived),
             ("ingest", &arrived, &answered),
@@ -692,14 +699,14 @@ struct Bound {
     envelope_sum: Duration,
 }
 
-/// Time per call of `f`, over at least 300 ms after a short warm-up.
-fn per_call(mut f: impl FnMut()) -> Duration {
+/// Time per call of `f`, over at least `budget` after a short warm-up.
+fn per_call(budget: Duration, mut f: impl FnMut()) -> Duration {
     for _ in 0..20 {
         f();
     }
     let t = std::time::Instant::now();
     let mut calls = 0u32;
-    while t.elapsed() < Duration::from_millis(300) {
+    while t.elapsed() < budget {
         for _ in 0..20 {
             f();
         }
@@ -710,7 +717,7 @@ fn per_call(mut f: impl FnMut()) -> Duration {
 
 /// DESIGN §10's bound: the CPU each report costs in signatures and HPKE
 /// along the path, on messages of the sizes the path really signs.
-fn bound() -> anyhow::Result<Bound> {
+fn bound(budget: Duration) -> anyhow::Result<Bound> {
     let now = sitrep_node::clock::now_ms();
     let f = Fixture::new(
         &[
@@ -766,22 +773,22 @@ fn bound() -> anyhow::Result<Bound> {
     let aad = vec![0x11_u8; 200];
     let wrapped = hpk.seal(b"info", &aad, &[7u8; 32]).context("hpke seal")?;
 
-    let sign_report = per_call(|| {
+    let sign_report = per_call(budget, || {
         black_box(sk.sign(b"bench\0", black_box(&report_msg)));
     });
-    let verify_report = per_call(|| {
+    let verify_report = per_call(budget, || {
         black_box(pk.verify(b"bench\0", black_box(&report_msg), &report_sig).is_ok());
     });
-    let hpke_seal = per_call(|| {
+    let hpke_seal = per_call(budget, || {
         black_box(hpk.seal(b"info", &aad, black_box(&[7u8; 32])).is_ok());
     });
-    let hpke_open = per_call(|| {
+    let hpke_open = per_call(budget, || {
         black_box(hk.open(b"info", &aad, black_box(&wrapped)).is_ok());
     });
-    let sign_receipt = per_call(|| {
+    let sign_receipt = per_call(budget, || {
         black_box(sk.sign(b"bench\0", black_box(&receipt_msg)));
     });
-    let verify_receipt = per_call(|| {
+    let verify_receipt = per_call(budget, || {
         black_box(
             pk.verify(b"bench\0", black_box(&receipt_msg), &receipt_sig)
                 .is_ok(),
@@ -795,13 +802,13 @@ fn bound() -> anyhow::Result<Bound> {
         + verify_receipt * 2;
 
     // The same path with whole envelope calls (protobuf, AES-GCM, header checks included).
-    let seal_env = per_call(|| {
+    let seal_env = per_call(budget, || {
         black_box(envelope::seal(black_box(&draft), &region.signing, &f.roster, now).is_ok());
     });
-    let verify_env = per_call(|| {
+    let verify_env = per_call(budget, || {
         black_box(envelope::verify(black_box(&report.bytes), &f.roster, now).is_ok());
     });
-    let open_env = per_call(|| {
+    let open_env = per_call(budget, || {
         black_box(
             envelope::verify_and_open(
                 black_box(&report.bytes),
@@ -813,10 +820,10 @@ fn bound() -> anyhow::Result<Bound> {
             .is_ok(),
         );
     });
-    let seal_receipt_env = per_call(|| {
+    let seal_receipt_env = per_call(budget, || {
         black_box(envelope::seal(black_box(&receipt_draft), &authority.signing, &f.roster, now).is_ok());
     });
-    let verify_receipt_env = per_call(|| {
+    let verify_receipt_env = per_call(budget, || {
         black_box(envelope::verify(black_box(&receipt.bytes), &f.roster, now).is_ok());
     });
     // Check once that the envelope calls succeed (the loops only black-box the result).

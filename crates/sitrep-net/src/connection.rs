@@ -219,6 +219,21 @@ impl PeerConnection {
         }
     }
 
+    /// Writes the response and waits until the peer acknowledged it (at most
+    /// `bound`): for a refusal that is followed by closing the connection,
+    /// which would otherwise discard the unacknowledged answer.
+    async fn send_response_acked(
+        &self,
+        send: &mut quinn::SendStream,
+        frame: &Frame,
+        bound: Duration,
+    ) -> Result<(), NetError> {
+        self.send_response(send, frame).await?;
+        // Ok either way: acknowledged, stopped by the peer, or the bound passed.
+        let _ = tokio::time::timeout(bound, send.stopped()).await;
+        Ok(())
+    }
+
     async fn send_response(&self, send: &mut quinn::SendStream, frame: &Frame) -> Result<(), NetError> {
         let wire = encode_frame(frame)?;
         write_wire(send, &wire).await?;
@@ -268,6 +283,22 @@ pub struct IncomingTransfer {
 }
 
 impl IncomingTransfer {
+    /// Answers like [`respond`](Self::respond), then waits (at most `bound`)
+    /// until the peer has acknowledged the answer: use it before closing the
+    /// connection, so the refusal reaches the peer ahead of the close.
+    ///
+    /// # Errors
+    /// As [`respond`](Self::respond).
+    pub async fn respond_then_wait(mut self, frame: &Frame, bound: Duration) -> Result<(), NetError> {
+        let Some(mut send) = self.send.take() else {
+            return Err(NetError::Stream("transfer already answered".into()));
+        };
+        let conn = self.conn.clone();
+        async move { conn.send_response_acked(&mut send, frame, bound).await }
+            .instrument(self.conn.shared.span.clone())
+            .await
+    }
+
     /// The node that sent it.
     #[must_use]
     pub fn peer(&self) -> &NodeId {

@@ -195,7 +195,10 @@ async fn handle(shared: Arc<Shared>, channel: Channel, conn: PeerConnection, t: 
                 peer: Some(peer.clone()),
             });
             if r.close {
-                let _ = t.respond(&rejected(&r)).await;
+                // The refusal first, acknowledged, then the close with its code.
+                let _ = t
+                    .respond_then_wait(&rejected(&r), std::time::Duration::from_secs(2))
+                    .await;
                 conn.close(close_code::POLICY, &r.reason);
                 return;
             }

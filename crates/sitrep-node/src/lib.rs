@@ -23,5 +23,8 @@ mod node;
 mod shared;
 
 pub use config::{Config, ConfigError};
-pub use node::{Content, Node, NodeError, NodeEvent, PeerStatus, Received, Submission, SubmitError};
+pub use node::{
+    Content, Node, NodeError, NodeEvent, PeerStatus, Received, RosterReloader, RosterUpdateError, Submission,
+    SubmitError,
+};
 pub use shared::Counters;

@@ -356,7 +356,7 @@ async fn refuse(
     reason: String,
     counter: &str,
 ) -> Sent {
-    shared.counters.inc(&format!("egress_refused.{counter}"));
+    tracing::warn!(%id, peer = %peer, %reason, "copy dropped: refused");
     shared.audit(
         "refuse",
         Some(id),
@@ -365,12 +365,7 @@ async fn refuse(
         None,
         &format!("egress: {reason}"),
     );
-    shared.emit(NodeEvent::Refused {
-        reason: counter.to_owned(),
-        peer: Some(peer.clone()),
-    });
-    tracing::warn!(%id, peer = %peer, %reason, "copy dropped: refused");
-    match rt
+    let outcome = match rt
         .store
         .apply(vec![Op::Rejected {
             id,
@@ -380,12 +375,17 @@ async fn refuse(
         }])
         .await
     {
-        Ok(_) => {
-            shared.bump();
-            Sent::Refused
-        }
+        Ok(_) => Sent::Refused,
         Err(_) => Sent::Retry,
-    }
+    };
+    // Counted once the copy is gone, so a waiter on the counter sees the store settled.
+    shared.counters.inc(&format!("egress_refused.{counter}"));
+    shared.emit(NodeEvent::Refused {
+        reason: counter.to_owned(),
+        peer: Some(peer.clone()),
+    });
+    shared.bump();
+    outcome
 }
 
 #[cfg(test)]

@@ -337,6 +337,8 @@ impl Node {
             cancel: CancellationToken::new(),
             ingress_busy: Mutex::new(HashSet::new()),
             audit,
+            admin,
+            roster_path: config.roster.clone(),
         });
         let mut tasks = JoinSet::new();
         for (channel, rt) in &shared.channels {
@@ -378,6 +380,23 @@ impl Node {
         *lock(&link.generation) += 1;
         link.wake.notify_one();
         true
+    }
+
+    /// A handle that reloads the roster file (what SIGHUP does).
+    #[must_use]
+    pub fn roster_reloader(&self) -> RosterReloader {
+        RosterReloader(Arc::clone(&self.shared))
+    }
+
+    /// Replaces the roster with a newer signed one (higher serial, valid
+    /// now, signed by the pinned administrator key, still listing this node
+    /// with its keys). Takes effect at once, also for queued messages: each
+    /// copy is checked against the roster in force when it is sent.
+    ///
+    /// # Errors
+    /// [`RosterUpdateError`]; the roster in use stays.
+    pub fn replace_roster(&self, signed: &[u8]) -> Result<u64, RosterUpdateError> {
+        replace_roster(&self.shared, signed)
     }
 
     /// Counters.
@@ -673,6 +692,79 @@ impl Node {
         self.shared.audit.close();
         tracing::info!(node = %self.shared.id, "stopped");
     }
+}
+
+/// Reloads the roster file of a running node.
+#[derive(Debug, Clone)]
+pub struct RosterReloader(Arc<Shared>);
+
+impl RosterReloader {
+    /// Reads the configured roster file and replaces the roster in use.
+    ///
+    /// # Errors
+    /// [`RosterUpdateError`]; the roster in use stays.
+    pub fn reload(&self) -> Result<u64, RosterUpdateError> {
+        let bytes = std::fs::read(&self.0.roster_path).map_err(|e| RosterUpdateError::Read(e.to_string()))?;
+        replace_roster(&self.0, &bytes)
+    }
+}
+
+/// Why a new roster was not taken.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RosterUpdateError {
+    /// The file could not be read.
+    #[error("cannot read the roster file: {0}")]
+    Read(String),
+    /// Signature, serial, validity or an entry is wrong.
+    #[error(transparent)]
+    Invalid(#[from] sitrep_core::RosterError),
+    /// The new roster drops this node, or changes its keys or channels.
+    #[error("the new roster {0}")]
+    NotForThisNode(String),
+}
+
+fn replace_roster(shared: &Shared, signed: &[u8]) -> Result<u64, RosterUpdateError> {
+    let current = shared.roster.get();
+    let new = Roster::verify(signed, &shared.admin, Some(current.serial), now_ms())?;
+    let Some(me) = new.node(&shared.id) else {
+        return Err(RosterUpdateError::NotForThisNode(format!(
+            "does not list {}",
+            shared.id
+        )));
+    };
+    if me.signing_key != shared.signing.verifying_key() || me.hpke_key != shared.hpke.public_key() {
+        return Err(RosterUpdateError::NotForThisNode(format!(
+            "changes the keys of {}",
+            shared.id
+        )));
+    }
+    if let Some(c) = shared.channels.keys().find(|c| !me.is_on(**c)) {
+        return Err(RosterUpdateError::NotForThisNode(format!(
+            "takes {} off the {c} channel",
+            shared.id
+        )));
+    }
+    let serial = new.serial;
+    shared.roster.set(new);
+    shared.counters.inc("roster.replaced");
+    for (channel, rt) in &shared.channels {
+        shared.audit(
+            "roster",
+            None,
+            None,
+            *channel,
+            None,
+            &format!("serial {} replaced serial {}", serial, current.serial),
+        );
+        // Re-check queued copies against the new roster now.
+        for link in rt.links.values() {
+            link.wake.notify_one();
+        }
+    }
+    tracing::info!(serial, previous = current.serial, "roster replaced");
+    shared.bump();
+    Ok(serial)
 }
 
 /// The first task error; pends forever if every task ends cleanly.

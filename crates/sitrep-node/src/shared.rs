@@ -57,6 +57,10 @@ impl RosterCell {
     pub(crate) fn get(&self) -> Arc<Roster> {
         Arc::clone(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
+
+    pub(crate) fn set(&self, r: Roster) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(r);
+    }
 }
 
 /// Decides which authenticated peers may talk on a channel: configured as a
@@ -134,6 +138,9 @@ pub(crate) struct Shared {
     pub(crate) ingress_busy: Mutex<HashSet<MessageId>>,
     /// The hash-chained audit log.
     pub(crate) audit: AuditLog,
+    /// The pinned administrator key and the roster file, for reloads.
+    pub(crate) admin: sitrep_crypto::VerifyingKey,
+    pub(crate) roster_path: std::path::PathBuf,
 }
 
 impl Shared {

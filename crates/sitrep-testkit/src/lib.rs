@@ -415,6 +415,28 @@ impl TestNet {
         Roster::verify(&bytes, &admin, None, sitrep_node::clock::now_ms()).expect("roster verifies")
     }
 
+    /// The administrator signs a new roster: `edit` changes the current one,
+    /// the serial goes up by one, and it is written to `roster.bin` (where
+    /// every node's config points). Returns the signed bytes.
+    ///
+    /// # Panics
+    /// If the roster or the admin key cannot be read.
+    #[allow(clippy::expect_used)]
+    pub fn reissue_roster(&self, edit: impl FnOnce(&mut sitrep_proto::v1::Roster)) -> Vec<u8> {
+        use sitrep_proto::Message as _;
+        let path = self.pki().join("roster.bin");
+        let signed =
+            sitrep_proto::v1::SignedRoster::decode(std::fs::read(&path).expect("roster.bin").as_slice())
+                .expect("signed roster");
+        let mut raw = sitrep_proto::v1::Roster::decode(signed.roster.as_slice()).expect("roster");
+        raw.serial += 1;
+        edit(&mut raw);
+        let admin = keyfile::read_signing_key(&self.pki().join("admin.key")).expect("admin.key");
+        let bytes = sitrep_core::roster::sign(&raw, &admin);
+        std::fs::write(&path, &bytes).expect("write roster.bin");
+        bytes
+    }
+
     /// A node's private keys, to seal envelopes as it would.
     ///
     /// # Panics

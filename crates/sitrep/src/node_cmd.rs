@@ -26,7 +26,11 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         }
         out.flush()?;
         drop(out);
-        node.run_until(shutdown_signal()).await?;
+        let reloader = node.roster_reloader();
+        let sighup = tokio::spawn(reload_on_sighup(reloader));
+        let result = node.run_until(shutdown_signal()).await;
+        sighup.abort();
+        result?;
         Ok(())
     })
 }
@@ -44,6 +48,25 @@ fn init_logging(level: &str, json: bool) -> anyhow::Result<()> {
         builder.init();
     }
     Ok(())
+}
+
+/// SIGHUP: reload the roster file; a bad one is refused and the old one stays.
+async fn reload_on_sighup(reloader: sitrep_node::RosterReloader) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::error!("cannot listen for SIGHUP; roster reload by signal is off");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reloader.reload() {
+                Ok(serial) => tracing::info!(serial, "SIGHUP: roster reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: roster refused; keeping the one in use"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reloader);
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
