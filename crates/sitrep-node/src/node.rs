@@ -685,8 +685,14 @@ impl Node {
             tracing::warn!("tasks did not stop within 10 s; aborting them");
             tasks.abort_all();
         }
+        // Both channels' endpoints close and drain at once.
+        let mut closing = JoinSet::new();
         for rt in self.shared.channels.values() {
-            rt.endpoint.shutdown().await;
+            let endpoint = rt.endpoint.clone();
+            closing.spawn(async move { endpoint.shutdown().await });
+        }
+        while closing.join_next().await.is_some() {}
+        for rt in self.shared.channels.values() {
             rt.store.close();
         }
         self.shared.audit.close();
