@@ -188,3 +188,92 @@ async fn a_lowered_clearance_stops_queued_classified_messages() {
     assert!(inbox.is_empty());
     net.shutdown().await;
 }
+
+/// A submit that cannot be delivered within policy is refused at once, with
+/// the reason, and nothing is stored or queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_outside_policy_is_refused_at_once() {
+    use sitrep_core::PolicyError;
+    use sitrep_node::SubmitError;
+    use sitrep_testkit::NodeSpec;
+    let specs = vec![
+        NodeSpec {
+            id: "region-uppsala",
+            kind: "REGION",
+            clearance: Class::Secret,
+            channels: vec![Channel::Open, Channel::Secure],
+            peers: vec!["nspl-hub"],
+        },
+        NodeSpec {
+            id: "nspl-hub",
+            kind: "HUB",
+            clearance: Class::Secret,
+            channels: vec![Channel::Open, Channel::Secure],
+            peers: vec!["region-uppsala", "msb"],
+        },
+        NodeSpec {
+            id: "msb",
+            kind: "AUTHORITY",
+            clearance: Class::Sensitive,
+            channels: vec![Channel::Open],
+            peers: vec!["nspl-hub"],
+        },
+    ];
+    let net = TestNet::start(&specs).await;
+    let region = net.node("region-uppsala");
+    let msb = net.node("msb");
+
+    // A recipient not on the secure channel (and not cleared) for a SECRET report.
+    match region.submit(report_to("msb", Class::Secret)).await {
+        Err(SubmitError::Policy(PolicyError::NotOnChannel { node, channel, .. })) => {
+            assert_eq!(node, n("msb"));
+            assert_eq!(channel, Channel::Secure);
+        }
+        other => panic!("expected a policy refusal, got {other:?}"),
+    }
+    // Above the region's own clearance.
+    match region.submit(report_to("nspl-hub", Class::TopSecret)).await {
+        Err(SubmitError::Policy(e)) => assert_eq!(e.reason(), "above_channel_max", "{e}"),
+        other => panic!("expected a policy refusal, got {other:?}"),
+    }
+    // A node with only the open channel cannot send anything classified, whatever it asks.
+    match msb.submit(report_to("region-uppsala", Class::Restricted)).await {
+        Err(SubmitError::Policy(PolicyError::WrongChannel { required, .. })) => {
+            assert_eq!(required, Channel::Secure);
+        }
+        other => panic!("expected a policy refusal, got {other:?}"),
+    }
+    // An unknown recipient.
+    assert!(matches!(
+        region.submit(report_to("region-skane", Class::Sensitive)).await,
+        Err(SubmitError::Bad {
+            field: "recipients",
+            ..
+        })
+    ));
+    // An invalid report: every field error at once.
+    let mut bad = report_to("msb", Class::Sensitive);
+    if let Content::Report(r) = &mut bad.content {
+        r.region_code = "99".into();
+        r.prepared_by.clear();
+    }
+    match region.submit(bad).await {
+        Err(SubmitError::Invalid(errors)) => {
+            let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, ["prepared_by", "region_code"]);
+        }
+        other => panic!("expected field errors, got {other:?}"),
+    }
+    // Nothing stored or queued anywhere.
+    for node in [region, msb] {
+        assert_eq!(node.counters().get("submitted"), 0);
+        assert!(node.outboxes().is_empty());
+    }
+    assert_eq!(net.node("nspl-hub").counters().get("accepted"), 0);
+    // And within policy it goes.
+    region
+        .submit(report_to("msb", Class::Sensitive))
+        .await
+        .expect("a SENSITIVE report to msb is fine");
+    net.shutdown().await;
+}
