@@ -18,6 +18,7 @@
 )]
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/sitrep.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/sitrep.v1.serde.rs"));
 }
 
 pub use prost::Message;
@@ -80,6 +81,26 @@ mod tests {
         transfer: Transfer,
         accepted: Accepted,
         rejected: Rejected,
+    }
+
+    #[test]
+    fn json_uses_the_protos_field_names_and_enum_spellings() {
+        let bed = BedCapacity {
+            r#type: BedType::IcuAdult as i32,
+            available: 4,
+            occupied: 38,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(&bed).expect("serialises");
+        assert_eq!(json["type"], "ICU_ADULT");
+        assert_eq!(json["available"], 4);
+        let back: BedCapacity = serde_json::from_value(json).expect("deserialises");
+        assert_eq!(back, bed);
+        let p: Period =
+            serde_json::from_str(r#"{"start_unix_ms": 1790000000000, "end_unix_ms": "1790000060000"}"#)
+                .expect("int64 as number or string");
+        assert_eq!(p.end_unix_ms, 1_790_000_060_000);
+        assert!(serde_json::from_str::<BedCapacity>(r#"{"type": "ICU_ADLUT"}"#).is_err());
     }
 
     proptest! {
