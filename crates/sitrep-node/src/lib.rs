@@ -14,6 +14,7 @@
 //!
 //! Not here (yet): the HTTP API, aggregation, roster reload, the audit log.
 
+mod api;
 pub mod clock;
 pub mod config;
 pub mod devpki;

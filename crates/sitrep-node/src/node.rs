@@ -279,7 +279,13 @@ impl Node {
             ..TransportLimits::default()
         };
         let mut channels = BTreeMap::new();
+        let mut cert_not_after = BTreeMap::new();
         for (channel, c) in &config.channels {
+            cert_not_after.insert(
+                *channel,
+                crate::api::cert_not_after_ms(&c.cert)
+                    .map_err(|e| cerr(&format!("channels.{channel}.cert"), e))?,
+            );
             let identity = TlsIdentity::load(&c.ca, &c.cert, &c.key)?;
             std::fs::create_dir_all(&c.store)
                 .map_err(|e| cerr(&format!("channels.{channel}.store"), e.to_string()))?;
@@ -339,6 +345,8 @@ impl Node {
             audit,
             admin,
             roster_path: config.roster.clone(),
+            api_addr: Mutex::new(None),
+            cert_not_after,
         });
         let mut tasks = JoinSet::new();
         for (channel, rt) in &shared.channels {
@@ -348,6 +356,13 @@ impl Node {
             }
         }
         tasks.spawn(sweeper(Arc::clone(&shared)));
+        if let Some(api) = &config.api {
+            let listener = tokio::net::TcpListener::bind(api.listen)
+                .await
+                .map_err(|e| cerr("api.listen", format!("cannot bind {}: {e}", api.listen)))?;
+            *lock(&shared.api_addr) = listener.local_addr().ok();
+            tasks.spawn(crate::api::serve(Arc::clone(&shared), api.clone(), listener));
+        }
         tracing::info!(node = %shared.id, channels = ?shared.channels.keys().collect::<Vec<_>>(), "node started");
         Ok(Self {
             shared,
@@ -423,7 +438,19 @@ impl Node {
     /// # Errors
     /// [`SubmitError`]; nothing is stored or queued.
     pub async fn submit(&self, sub: Submission) -> Result<MessageId, SubmitError> {
-        let s = &self.shared;
+        submit(&self.shared, sub).await
+    }
+
+    /// The bound address of the HTTP API, if configured.
+    #[must_use]
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        *lock(&self.shared.api_addr)
+    }
+}
+
+/// Seals and queues a message; returns its id once durable (see [`Node::submit`]).
+pub(crate) async fn submit(s: &Shared, sub: Submission) -> Result<MessageId, SubmitError> {
+    {
         let now = now_ms();
         let (content_type, payload) = match &sub.content {
             Content::Report(r) => {
@@ -539,7 +566,9 @@ impl Node {
         tracing::info!(%id, class = %class, precedence = %sub.precedence, recipients = sub.recipients.len(), "submitted");
         Ok(id)
     }
+}
 
+impl Node {
     /// Delivery state per recipient of a message originated here.
     ///
     /// # Errors
@@ -575,30 +604,7 @@ impl Node {
     /// [`StoreError`]; an entry that no longer opens (its origin left the
     /// roster) is skipped and counted.
     pub fn inbox(&self, channel: Channel, after: u64, limit: usize) -> Result<Vec<Received>, StoreError> {
-        let Some(ch) = self.shared.channels.get(&channel) else {
-            return Ok(Vec::new());
-        };
-        let roster = self.shared.roster.get();
-        let mut out = Vec::new();
-        for e in ch.store.inbox_after(after, limit)? {
-            // Verified at ingress; opened now, with the sender's expiry no longer relevant.
-            match envelope::verify(&e.envelope, &roster, e.received_ms)
-                .and_then(|v| envelope::open(&v, &self.shared.id, &self.shared.hpke).map(|p| (v.header, p)))
-            {
-                Ok((header, payload)) => out.push(Received {
-                    cursor: e.cursor,
-                    channel,
-                    header,
-                    payload: payload.to_vec(),
-                    received_ms: e.received_ms,
-                }),
-                Err(err) => {
-                    self.shared.counters.inc("inbox.unreadable");
-                    tracing::warn!(id = %e.id, error = %err, "inbox entry no longer opens");
-                }
-            }
-        }
-        Ok(out)
+        inbox(&self.shared, channel, after, limit)
     }
 
     /// Outbox statistics per channel.
@@ -784,6 +790,39 @@ async fn first_failure(tasks: &mut JoinSet<Result<(), NodeError>>) -> NodeError 
         }
     }
     std::future::pending().await
+}
+
+/// Inbox entries after `after` on `channel`, opened (see [`Node::inbox`]).
+pub(crate) fn inbox(
+    shared: &Shared,
+    channel: Channel,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Received>, StoreError> {
+    let Some(ch) = shared.channels.get(&channel) else {
+        return Ok(Vec::new());
+    };
+    let roster = shared.roster.get();
+    let mut out = Vec::new();
+    for e in ch.store.inbox_after(after, limit)? {
+        // Verified at ingress; opened now, with the sender's expiry no longer relevant.
+        match envelope::verify(&e.envelope, &roster, e.received_ms)
+            .and_then(|v| envelope::open(&v, &shared.id, &shared.hpke).map(|p| (v.header, p)))
+        {
+            Ok((header, payload)) => out.push(Received {
+                cursor: e.cursor,
+                channel,
+                header,
+                payload: payload.to_vec(),
+                received_ms: e.received_ms,
+            }),
+            Err(err) => {
+                shared.counters.inc("inbox.unreadable");
+                tracing::warn!(id = %e.id, error = %err, "inbox entry no longer opens");
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn sweeper(shared: Arc<Shared>) -> Result<(), NodeError> {

@@ -141,6 +141,10 @@ pub(crate) struct Shared {
     /// The pinned administrator key and the roster file, for reloads.
     pub(crate) admin: sitrep_crypto::VerifyingKey,
     pub(crate) roster_path: std::path::PathBuf,
+    /// Where the HTTP API listens, once bound.
+    pub(crate) api_addr: Mutex<Option<SocketAddr>>,
+    /// Each channel certificate's end of validity, ms since the epoch.
+    pub(crate) cert_not_after: BTreeMap<Channel, i64>,
 }
 
 impl Shared {

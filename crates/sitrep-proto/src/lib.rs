@@ -91,7 +91,7 @@ mod tests {
             occupied: 38,
             ..Default::default()
         };
-        let json = serde_json::to_value(&bed).expect("serialises");
+        let json = serde_json::to_value(bed).expect("serialises");
         assert_eq!(json["type"], "ICU_ADULT");
         assert_eq!(json["available"], 4);
         let back: BedCapacity = serde_json::from_value(json).expect("deserialises");

@@ -1,0 +1,335 @@
+//! The HTTP API against real nodes: roles, validation, policy, status, metrics.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sitrep_node::config::Role;
+use sitrep_testkit::{TestNet, line, wait_until};
+
+const LONG: Duration = Duration::from_secs(60);
+
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(net: &TestNet, id: &str) -> Self {
+        let addr = net.node(id).api_addr().expect("API configured");
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            base: format!("http://{addr}"),
+            agent,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        token: Option<String>,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let agent = self.agent.clone();
+        tokio::task::spawn_blocking(move || {
+            let resp = match (method, body) {
+                ("POST", Some(b)) => {
+                    let mut req = agent.post(&url);
+                    if let Some(t) = token {
+                        req = req.header("Authorization", &format!("Bearer {t}"));
+                    }
+                    req.send_json(&b)
+                }
+                _ => {
+                    let mut req = agent.get(&url);
+                    if let Some(t) = token {
+                        req = req.header("Authorization", &format!("Bearer {t}"));
+                    }
+                    req.call()
+                }
+            };
+            let mut resp = resp.expect("HTTP request");
+            let status = resp.status().as_u16();
+            (status, resp.body_mut().read_to_string().expect("body"))
+        })
+        .await
+        .expect("blocking task")
+    }
+}
+
+fn token(net: &TestNet, id: &str, role: Role) -> String {
+    net.config(id)
+        .api
+        .expect("api")
+        .tokens
+        .into_iter()
+        .find(|(_, r)| *r == role)
+        .map(|(t, _)| t)
+        .expect("token for role")
+}
+
+fn submission(class: &str, recipient: &str) -> Value {
+    let report = serde_json::to_value(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms()))
+        .expect("json");
+    json!({
+        "report": report,
+        "label": { "class": class, "caveats": [] },
+        "precedence": "PRIORITY",
+        "mode": "EXERCISE",
+        "recipients": [recipient],
+        "author": "TiB Region Uppsala",
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_and_role() {
+    let net = TestNet::start(&line()).await;
+    let region = Api::new(&net, "region-uppsala");
+    let authority = Api::new(&net, "socialstyrelsen");
+    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let reader = token(&net, "socialstyrelsen", Role::Reader);
+    let operator = token(&net, "region-uppsala", Role::Operator);
+
+    // No token, a wrong token: 401. A token of another role: 403.
+    assert_eq!(
+        region
+            .call(
+                "POST",
+                "/v1/reports",
+                None,
+                Some(submission("SENSITIVE", "socialstyrelsen"))
+            )
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        region
+            .call("GET", "/v1/status", Some("not-a-token-at-all".into()), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        region
+            .call("GET", "/v1/status", Some(reporter.clone()), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        region
+            .call(
+                "POST",
+                "/v1/reports",
+                Some(operator.clone()),
+                Some(submission("SENSITIVE", "socialstyrelsen"))
+            )
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        authority
+            .call(
+                "GET",
+                "/v1/inbox",
+                Some(token(&net, "socialstyrelsen", Role::Reporter)),
+                None
+            )
+            .await
+            .0,
+        403
+    );
+
+    // Submit: 202 with the id, once durable.
+    let (status, body) = region
+        .call(
+            "POST",
+            "/v1/reports",
+            Some(reporter.clone()),
+            Some(submission("SENSITIVE", "socialstyrelsen")),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let mid = sitrep_core::MessageId::parse(&id).expect("uuid");
+    assert!(
+        net.node("region-uppsala").has_seen(&mid).expect("store"),
+        "durable before 202"
+    );
+
+    // Delivery state, followed to DELIVERED.
+    let node = net.node("region-uppsala");
+    wait_until(node, LONG, "receipt", || {
+        node.delivery(&mid)
+            .expect("delivery")
+            .iter()
+            .all(|d| d.state == sitrep_store::DeliveryState::Delivered)
+    })
+    .await
+    .expect("delivered");
+    let (status, body) = region
+        .call("GET", &format!("/v1/reports/{id}"), Some(reporter.clone()), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["recipients"][0]["recipient"], "socialstyrelsen");
+    assert_eq!(v["recipients"][0]["state"], "DELIVERED");
+    assert_eq!(v["final"], true);
+    let (status, _) = region
+        .call(
+            "GET",
+            "/v1/reports/0190b5b8-0000-7000-8000-000000000000",
+            Some(reporter.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Inbox at the authority, opened, with the proto's field names and enum spellings.
+    let (status, body) = authority
+        .call("GET", "/v1/inbox", Some(reader.clone()), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let item = &v["items"][0];
+    assert_eq!(item["id"], id);
+    assert_eq!(item["label"]["class"], "SENSITIVE");
+    assert_eq!(item["report"]["region_code"], "03");
+    assert_eq!(item["report"]["beds"][0]["type"], "ICU_ADULT");
+    let next = v["next"].as_str().expect("cursor").to_owned();
+    let (_, body) = authority
+        .call(
+            "GET",
+            &format!("/v1/inbox?after={next}"),
+            Some(reader.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["items"]
+            .as_array()
+            .expect("items")
+            .len(),
+        0
+    );
+
+    // Status (operator) and the unauthenticated endpoints.
+    let (status, body) = region.call("GET", "/v1/status", Some(operator), None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["node"], "region-uppsala");
+    assert_eq!(v["roster"]["serial"], 1);
+    assert!(v["certificates"][0]["days_left"].as_f64().expect("days") > 1.0);
+    assert!(
+        v["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .any(|p| p["peer"] == "nspl-hub" && p["connected"] == true)
+    );
+    assert_eq!(region.call("GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(region.call("GET", "/readyz", None, None).await.0, 200);
+    let (status, text) = region.call("GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    check_prometheus_text(&text);
+    assert!(text.contains("sitrep_roster_serial 1"));
+    assert!(
+        text.contains("sitrep_events_total{event=\"submitted\"} 1"),
+        "{text}"
+    );
+    net.shutdown().await;
+}
+
+/// Every sample line is `name{labels} value` with a known family and a number.
+fn check_prometheus_text(text: &str) {
+    let mut families = std::collections::BTreeSet::new();
+    let mut samples = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            families.insert(parts.next().expect("name").to_owned());
+            assert!(matches!(parts.next(), Some("gauge" | "counter")), "{line}");
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("name and value");
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("not a number: {line}"));
+        let name = series.split('{').next().expect("name");
+        assert!(families.contains(name), "sample before its TYPE: {line}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "{line}"
+            );
+        }
+        samples += 1;
+    }
+    assert!(samples > 5, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_fields_are_all_reported_and_policy_refusals_store_nothing() {
+    let net = TestNet::start(&line()).await;
+    let region = Api::new(&net, "region-uppsala");
+    let reporter = token(&net, "region-uppsala", Role::Reporter);
+
+    // Three invalid fields: all three come back.
+    let mut bad = submission("SENSITIVE", "socialstyrelsen");
+    bad["report"]["region_code"] = json!("99");
+    bad["report"]["beds"][0]["occupied"] = json!(500);
+    bad["precedence"] = json!("URGENT");
+    let (status, body) = region
+        .call("POST", "/v1/reports", Some(reporter.clone()), Some(bad))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field"))
+        .collect();
+    for f in ["precedence", "report.region_code", "report.beds[0].occupied"] {
+        assert!(fields.contains(&f), "{f} missing from {fields:?}");
+    }
+    assert!(
+        v["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .all(|e| e["problem"].as_str().is_some_and(|p| !p.is_empty()))
+    );
+
+    // A label above what the node may send: TOP_SECRET, the region's channels stop at SECRET.
+    let (status, body) = region
+        .call(
+            "POST",
+            "/v1/reports",
+            Some(reporter.clone()),
+            Some(submission("TOP_SECRET", "socialstyrelsen")),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("TOP_SECRET"), "{body}");
+    let node = net.node("region-uppsala");
+    assert_eq!(node.counters().get("submitted"), 0, "nothing stored");
+    assert!(node.outboxes().is_empty());
+    net.shutdown().await;
+}
