@@ -14,6 +14,13 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start the demo network (six nodes on loopback), push sample reports,
+    /// print deliveries and receipts; runs until Ctrl-C.
+    Demo {
+        /// Run the scenario to the end and exit: 0 only if every report reached every recipient.
+        #[arg(long)]
+        once: bool,
+    },
     /// Run a node.
     Node {
         /// The node's config file (node.toml).
@@ -30,6 +37,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Submit a report or follow its delivery (talks to the node's API).
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+    /// Reports received at the node (reader token).
+    Inbox {
+        /// Continue after this cursor (printed at the end of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// Peers, queues, delivery counters, certificates, roster (operator token).
+    Status {
+        /// Print the same document as GET /v1/status.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -39,6 +70,30 @@ enum Command {
     Roster {
         #[command(subcommand)]
         command: RosterCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Submit a report (JSON, see docs/api.md); prints its id.
+    Submit {
+        /// The submission: report, label, precedence, mode, recipients, expires.
+        file: PathBuf,
+        /// Follow delivery until every recipient has a final state; exit 0 only if all DELIVERED.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// Delivery state per recipient.
+    Status {
+        /// The message id printed by submit.
+        id: String,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
     },
 }
 
@@ -63,12 +118,15 @@ enum RosterCommand {
         #[arg(long)]
         admin_key: PathBuf,
     },
-    /// Print a signed roster as TOML (the form `roster sign` reads). Does not
-    /// check the signature: use `roster verify` for that.
+    /// Print a signed roster file as TOML (the form `roster sign` reads; the
+    /// signature is not checked: use `roster verify`), or, without --roster,
+    /// the node's roster in use (serial, validity) from its API.
     Show {
         /// Signed roster (roster.bin).
         #[arg(long)]
-        roster: PathBuf,
+        roster: Option<PathBuf>,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
     },
     /// Sign a roster written as TOML with the administrator's private key.
     Sign {
@@ -86,12 +144,27 @@ enum RosterCommand {
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo { once } => crate::demo::run(once),
         Command::Node { config } => crate::node_cmd::run(&config),
         Command::DevPki { topology, out } => {
             let t = sitrep_node::devpki::read_topology(&topology)?;
             println!("{}", sitrep_node::devpki::generate(&t, &out)?);
             Ok(())
         }
+        Command::Report {
+            command:
+                ReportCommand::Submit {
+                    file,
+                    wait,
+                    timeout,
+                    api,
+                },
+        } => crate::client::submit(&api, &file, wait, timeout),
+        Command::Report {
+            command: ReportCommand::Status { id, api },
+        } => crate::client::report_status(&api, &id),
+        Command::Inbox { after, json, api } => crate::client::inbox(&api, after.as_deref(), json),
+        Command::Status { json, api } => crate::client::status(&api, json),
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {
@@ -106,7 +179,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Roster { command } => match command {
             RosterCommand::Verify { roster, admin_key } => crate::roster_cmd::verify(&roster, &admin_key),
-            RosterCommand::Show { roster } => crate::roster_cmd::show(&roster),
+            RosterCommand::Show {
+                roster: Some(roster), ..
+            } => crate::roster_cmd::show(&roster),
+            RosterCommand::Show { roster: None, api } => crate::client::roster_summary(&api),
             RosterCommand::Sign {
                 input,
                 admin_key,

@@ -2,6 +2,8 @@
 //! failure ends with a one-line reason on stderr and a non-zero exit.
 
 mod cli;
+mod client;
+mod demo;
 mod node_cmd;
 mod roster_cmd;
 mod util;

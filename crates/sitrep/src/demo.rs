@@ -1,0 +1,284 @@
+//! `sitrep demo [--once]`: the demo network of `deploy/demo/topology.toml`
+//! (six nodes) in this process, on loopback, with data in a temp dir. Pushes
+//! sample reports from the regions and prints each delivery and receipt.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use sitrep_core::{Channel, Class, Label, MessageId, Mode, NodeId, Precedence};
+use sitrep_node::devpki::Topology;
+use sitrep_node::{Config, Content, Node, NodeEvent, Submission};
+use sitrep_proto::v1 as pb;
+
+/// The demo topology, built in: the demo needs nothing but this binary.
+const TOPOLOGY: &str = include_str!("../../../deploy/demo/topology.toml");
+/// 60 s for every sample report to be confirmed by receipt.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Sample {
+    origin: &'static str,
+    recipients: &'static [&'static str],
+    class: Class,
+    precedence: Precedence,
+    report: pb::SituationReport,
+}
+
+fn samples(now: i64) -> Vec<Sample> {
+    let uppsala = sitrep_core::report::example_uppsala(now);
+    let mut stockholm = uppsala.clone();
+    stockholm.region_code = "01".into();
+    stockholm.reporting_unit = "Region Stockholm, regional särskild sjukvårdsledning".into();
+    stockholm.report_number = 22;
+    stockholm.preparedness_level = pb::PreparednessLevel::StaffAlert as i32;
+    stockholm.beds[0] = pb::BedCapacity {
+        r#type: pb::BedType::IcuAdult as i32,
+        available: 11,
+        occupied: 85,
+        baseline: 90,
+        surge_24h: 10,
+        surge_72h: 24,
+        with_ventilator: 9,
+    };
+    stockholm.facilities = vec![pb::Facility {
+        id: "SE2321000016-KS".into(),
+        name: "Karolinska universitetssjukhuset".into(),
+        status: pb::ResourceStatus::Strained as i32,
+    }];
+    stockholm.assessment = "Ansträngt men hanterbart läge på IVA; stabsläge sedan i morse.".into();
+    stockholm.prepared_by = "TiB, Region Stockholm".into();
+    let mut gotland = uppsala.clone();
+    gotland.region_code = "09".into();
+    gotland.reporting_unit = "Region Gotland, sjukvårdsledning".into();
+    gotland.report_number = 5;
+    gotland.preparedness_level = pb::PreparednessLevel::Disaster as i32;
+    gotland.beds = vec![pb::BedCapacity {
+        r#type: pb::BedType::IcuAdult as i32,
+        available: 0,
+        occupied: 8,
+        baseline: 6,
+        surge_24h: 2,
+        surge_72h: 2,
+        with_ventilator: 0,
+    }];
+    gotland.facilities = vec![pb::Facility {
+        id: "SE2321000255-VS".into(),
+        name: "Visby lasarett".into(),
+        status: pb::ResourceStatus::Critical as i32,
+    }];
+    gotland.transports = Some(pb::Transports {
+        status: pb::ResourceStatus::Critical as i32,
+        available_units: 1,
+    });
+    gotland.assessment = "Färjetrafiken inställd; IVA fullt; behov av flygtransport till fastlandet.".into();
+    gotland.prepared_by = "TiB, Region Gotland".into();
+    let mut uppsala_classified = uppsala.clone();
+    uppsala_classified.report_number = 15;
+    uppsala_classified.assessment =
+        "Sabotage mot reservkraft misstänks; uppgifter rör rikets säkerhet.".into();
+    vec![
+        Sample {
+            origin: "region-uppsala",
+            recipients: &["socialstyrelsen", "msb"],
+            class: Class::Sensitive,
+            precedence: Precedence::Priority,
+            report: uppsala,
+        },
+        Sample {
+            origin: "region-uppsala",
+            recipients: &["socialstyrelsen"],
+            class: Class::Restricted,
+            precedence: Precedence::Immediate,
+            report: uppsala_classified,
+        },
+        Sample {
+            origin: "region-stockholm",
+            recipients: &["socialstyrelsen", "msb"],
+            class: Class::Sensitive,
+            precedence: Precedence::Routine,
+            report: stockholm,
+        },
+        Sample {
+            origin: "region-gotland",
+            recipients: &["socialstyrelsen", "msb"],
+            class: Class::Sensitive,
+            precedence: Precedence::Flash,
+            report: gotland,
+        },
+    ]
+}
+
+pub(crate) fn run(once: bool) -> anyhow::Result<()> {
+    let level = std::env::var("SITREP_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(level).context("SITREP_LOG")?)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let dir = tempfile::Builder::new()
+        .prefix("sitrep-demo-")
+        .tempdir()
+        .context("temp dir")?;
+    let mut topology: Topology = toml::from_str(TOPOLOGY).context("built-in demo topology")?;
+    if once {
+        // A scripted run must not depend on fixed ports being free.
+        for n in &mut topology.nodes {
+            n.api.set_port(0);
+            for c in n.channels.values_mut() {
+                c.listen.set_port(0);
+            }
+        }
+    }
+    let pki = dir.path().join("pki");
+    sitrep_node::devpki::generate(&topology, &pki)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("async runtime")?;
+    runtime.block_on(run_network(&topology, &pki, once))
+}
+
+async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> anyhow::Result<()> {
+    // Start every node, then tell each where its peers are (ports may be ephemeral).
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut addrs: BTreeMap<(String, Channel), SocketAddr> = BTreeMap::new();
+    for t in &topology.nodes {
+        let path = pki.join(&t.id).join("node.toml");
+        let config = Config::load_with_env(&path, Vec::new())?;
+        let node = Node::start(config)
+            .await
+            .with_context(|| format!("starting {}", t.id))?;
+        for c in Channel::ALL {
+            if let Some(a) = node.local_addr(c) {
+                addrs.insert((t.id.clone(), c), a);
+            }
+        }
+        nodes.insert(t.id.clone(), node);
+    }
+    for node in nodes.values() {
+        for p in node.peers() {
+            if let Some(a) = addrs.get(&(p.peer.to_string(), p.channel)) {
+                node.set_peer_address(p.channel, &p.peer, *a);
+            }
+        }
+    }
+    println!(
+        "sitrep demo: {} nodes on loopback; data and tokens in {}",
+        nodes.len(),
+        pki.display()
+    );
+    for (id, node) in &nodes {
+        let api = node
+            .api_addr()
+            .map_or_else(|| "-".into(), |a| format!("http://{a}"));
+        println!(
+            "  {id:<18} API {api:<24} tokens in {}",
+            pki.join(id).join("node.toml").display()
+        );
+    }
+    // Print deliveries and receipts as they happen.
+    let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(64);
+    let mut printers = tokio::task::JoinSet::new();
+    for (id, node) in &nodes {
+        let mut events = node.events();
+        let id = id.clone();
+        printers.spawn(async move {
+            while let Ok(e) = events.recv().await {
+                match e {
+                    NodeEvent::Delivered {
+                        id: m,
+                        origin,
+                        channel,
+                    } => {
+                        println!("  delivered  {m} from {origin} to {id} on {channel}");
+                    }
+                    NodeEvent::Receipt { id: m, recipient } => {
+                        println!("  receipt    {m} at {id}: DELIVERED to {recipient}")
+                    }
+                    _ => {}
+                }
+            }
+        });
+        let mut watch = node.watch();
+        let tx = tx.clone();
+        printers.spawn(async move {
+            while watch.changed().await.is_ok() {
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    // Push the sample reports.
+    let now = sitrep_node::clock::now_ms();
+    let mut sent: Vec<(String, MessageId, usize)> = Vec::new();
+    for s in samples(now) {
+        let node = nodes.get(s.origin).context("sample origin")?;
+        let recipients: Vec<NodeId> = s
+            .recipients
+            .iter()
+            .map(|r| NodeId::new(r))
+            .collect::<Result<_, _>>()?;
+        let id = node
+            .submit(Submission {
+                author: format!("TiB {}", s.origin),
+                label: Label::new(s.class),
+                precedence: s.precedence,
+                mode: Mode::Exercise,
+                recipients,
+                expires_ms: None,
+                content: Content::Report(s.report),
+            })
+            .await
+            .with_context(|| format!("submitting from {}", s.origin))?;
+        println!(
+            "  submitted  {id} from {} ({}, {}) to {}",
+            s.origin,
+            s.class,
+            s.precedence,
+            s.recipients.join(", ")
+        );
+        sent.push((s.origin.to_owned(), id, s.recipients.len()));
+    }
+    let expected: usize = sent.iter().map(|(_, _, n)| n).sum();
+    let confirmed = |nodes: &BTreeMap<String, Node>| -> usize {
+        sent.iter()
+            .map(|(origin, id, _)| {
+                nodes
+                    .get(origin)
+                    .and_then(|n| n.delivery(id).ok())
+                    .map_or(0, |d| {
+                        d.iter()
+                            .filter(|r| r.state == sitrep_store::DeliveryState::Delivered)
+                            .count()
+                    })
+            })
+            .sum()
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while confirmed(&nodes) < expected {
+        if tokio::time::timeout_at(deadline, changed.recv()).await.is_err() {
+            break;
+        }
+    }
+    let got = confirmed(&nodes);
+    println!("sitrep demo: {got}/{expected} deliveries confirmed by signed receipts");
+    let result = if got == expected {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "only {got} of {expected} deliveries were confirmed within {}s",
+            DEADLINE.as_secs()
+        ))
+    };
+    if !once && result.is_ok() {
+        println!("running; try the CLI against the APIs above (see README). Ctrl-C to stop.");
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    }
+    printers.abort_all();
+    for (_, node) in nodes {
+        node.shutdown().await;
+    }
+    if let Err(e) = result {
+        bail!(e);
+    }
+    Ok(())
+}
