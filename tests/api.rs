@@ -333,3 +333,74 @@ async fn invalid_fields_are_all_reported_and_policy_refusals_store_nothing() {
     assert!(node.outboxes().is_empty());
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_peer_going_down_and_coming_back() {
+    let mut net = TestNet::start(&line()).await;
+    let operator = token(&net, "region-uppsala", Role::Operator);
+    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let status = |v: &Value| {
+        let peer = v["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .find(|p| p["peer"] == "nspl-hub" && p["channel"] == "open")
+            .cloned()
+            .expect("hub link");
+        let outbox = v["outboxes"]
+            .as_array()
+            .expect("outboxes")
+            .iter()
+            .find(|o| o["next_hop"] == "nspl-hub")
+            .cloned();
+        (
+            peer["connected"].as_bool().expect("connected"),
+            outbox.as_ref().map_or(0, |o| o["depth"].as_u64().expect("depth")),
+            outbox.as_ref().and_then(|o| o["oldest_age_s"].as_f64()),
+        )
+    };
+    net.stop("nspl-hub").await;
+    let region = net.node("region-uppsala");
+    wait_until(region, LONG, "the hub link down", || {
+        region.peers().iter().all(|p| !p.connected)
+    })
+    .await
+    .expect("link down");
+    let api = Api::new(&net, "region-uppsala");
+    let submit = || {
+        api.call(
+            "POST",
+            "/v1/reports",
+            Some(reporter.clone()),
+            Some(submission("SENSITIVE", "socialstyrelsen")),
+        )
+    };
+    assert_eq!(submit().await.0, 202);
+    let (_, body) = api.call("GET", "/v1/status", Some(operator.clone()), None).await;
+    let (connected, depth1, age1) = status(&serde_json::from_str(&body).expect("json"));
+    assert!(!connected);
+    assert_eq!(depth1, 1);
+    assert_eq!(submit().await.0, 202);
+    let (_, body) = api.call("GET", "/v1/status", Some(operator.clone()), None).await;
+    let (connected, depth2, age2) = status(&serde_json::from_str(&body).expect("json"));
+    assert!(!connected);
+    assert_eq!(depth2, 2, "the outbox grows");
+    assert!(
+        age2.expect("age") > age1.expect("age"),
+        "the oldest age rises: {age1:?} → {age2:?}"
+    );
+
+    // The hub comes back: connected again and the outbox drains to zero.
+    net.start_node("nspl-hub").await;
+    let region = net.node("region-uppsala");
+    wait_until(region, LONG, "the outbox drained", || {
+        region.outboxes().is_empty()
+    })
+    .await
+    .expect("drained");
+    let (_, body) = api.call("GET", "/v1/status", Some(operator), None).await;
+    let (connected, depth, _) = status(&serde_json::from_str(&body).expect("json"));
+    assert!(connected);
+    assert_eq!(depth, 0);
+    net.shutdown().await;
+}

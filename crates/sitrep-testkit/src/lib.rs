@@ -83,6 +83,8 @@ pub struct ChildNode {
     child: Child,
     /// Bound addresses per channel, from its `ready` lines.
     pub addrs: BTreeMap<Channel, SocketAddr>,
+    /// Its HTTP API URL, from its `ready … api=` line.
+    pub api: Option<String>,
 }
 
 /// A running test network.
@@ -323,8 +325,10 @@ impl TestNet {
             .iter()
             .find(|s| s.id == id)
             .map_or(1, |s| s.channels.len());
+        let mut api = None;
         let mut lines = BufReader::new(stdout).lines();
-        while addrs.len() < want {
+        // Channel lines first, then the API line (every test node has an API).
+        while addrs.len() < want || api.is_none() {
             let line = lines
                 .next()
                 .expect("child exited before it was ready")
@@ -339,6 +343,9 @@ impl TestNet {
                 if let Some(a) = part.strip_prefix("addr=") {
                     addr = a.parse().ok();
                 }
+                if let Some(a) = part.strip_prefix("api=") {
+                    api = Some(a.to_owned());
+                }
             }
             if let (Some(c), Some(a)) = (channel, addr) {
                 addrs.insert(c, a);
@@ -348,7 +355,7 @@ impl TestNet {
             self.addrs.insert((id.to_owned(), *c), *a);
         }
         self.slots
-            .insert(id.to_owned(), Slot::Child(ChildNode { child, addrs }));
+            .insert(id.to_owned(), Slot::Child(ChildNode { child, addrs, api }));
         self.rewire();
     }
 
@@ -373,6 +380,18 @@ impl TestNet {
         rx.recv_timeout(timeout)
             .expect("the node exits after SIGTERM")
             .expect("wait for the child")
+    }
+
+    /// The API URL of child `id`.
+    ///
+    /// # Panics
+    /// If `id` is not a child process.
+    #[must_use]
+    pub fn child_api(&self, id: &str) -> String {
+        match self.slots.get(id) {
+            Some(Slot::Child(c)) => c.api.clone().unwrap_or_default(),
+            _ => panic!("{id} is not a child process"),
+        }
     }
 
     /// The process id of child `id`, to signal it directly.

@@ -24,6 +24,9 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
                 writeln!(out, "ready node={} channel={channel} addr={addr}", node.id())?;
             }
         }
+        if let Some(addr) = node.api_addr() {
+            writeln!(out, "ready node={} api=http://{addr}", node.id())?;
+        }
         out.flush()?;
         drop(out);
         let reloader = node.roster_reloader();

@@ -242,3 +242,77 @@ async fn the_audit_log_records_traffic_and_finds_tampering() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("line 1"), "{err}");
 }
+
+/// `202` means durable: a node killed with SIGKILL right after answering
+/// still has the report when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_acknowledged_with_202_survives_kill_9() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
+    let mut net = TestNet::prepare(&line());
+    net.spawn_child("region-uppsala", bin);
+    let token = net
+        .config("region-uppsala")
+        .api
+        .expect("api")
+        .tokens
+        .into_iter()
+        .find(|(_, r)| *r == sitrep_node::config::Role::Reporter)
+        .map(|(t, _)| t)
+        .expect("reporter token");
+    let report = serde_json::to_value(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms()))
+        .expect("json");
+    let body = serde_json::json!({
+        "report": report,
+        "label": { "class": "SENSITIVE" },
+        "precedence": "FLASH",
+        "mode": "EXERCISE",
+        "recipients": ["socialstyrelsen"],
+    });
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = net.child_api("region-uppsala");
+    let pid = net.child_pid("region-uppsala");
+    let (status, id) = tokio::task::spawn_blocking({
+        let agent = agent.clone();
+        let url = url.clone();
+        let token = token.clone();
+        move || {
+            let mut r = agent
+                .post(&format!("{url}/v1/reports"))
+                .header("Authorization", &format!("Bearer {token}"))
+                .send_json(&body)
+                .expect("POST");
+            let status = r.status().as_u16();
+            // SIGKILL the moment the 202 is in.
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let v: serde_json::Value = r.body_mut().read_json().expect("json");
+            (status, v["id"].as_str().unwrap_or_default().to_owned())
+        }
+    })
+    .await
+    .expect("task");
+    assert_eq!(status, 202);
+    net.kill_child("region-uppsala");
+    net.spawn_child("region-uppsala", bin);
+    let url = net.child_api("region-uppsala");
+    let (status, text) = tokio::task::spawn_blocking(move || {
+        let mut r = agent
+            .get(&format!("{url}/v1/reports/{id}"))
+            .header("Authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("GET");
+        (r.status().as_u16(), r.body_mut().read_to_string().expect("body"))
+    })
+    .await
+    .expect("task");
+    assert_eq!(
+        status, 200,
+        "the acknowledged report is there after kill -9: {text}"
+    );
+    assert!(text.contains("QUEUED"), "{text}");
+    net.shutdown().await;
+}
