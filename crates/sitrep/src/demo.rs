@@ -270,7 +270,32 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
         ))
     };
     if !once && result.is_ok() {
-        println!("running; try the CLI against the APIs above (see README). Ctrl-C to stop.");
+        // Development tokens of a throw-away PKI: printed so the walk-through can be pasted.
+        let token = |id: &str, role: sitrep_node::config::Role| -> String {
+            Config::load_with_env(&pki.join(id).join("node.toml"), Vec::new())
+                .ok()
+                .and_then(|c| c.api)
+                .and_then(|a| a.tokens.into_iter().find(|(_, r)| *r == role).map(|(t, _)| t))
+                .unwrap_or_default()
+        };
+        let api = |id: &str| nodes.get(id).and_then(Node::api_addr).map_or_else(String::new, |a| format!("http://{a}"));
+        println!("\nrunning. In another terminal (development tokens of this run):");
+        println!(
+            "  sitrep report submit deploy/examples/uppsala-icu-report.json --wait --api {} --token {}",
+            api("region-uppsala"),
+            token("region-uppsala", sitrep_node::config::Role::Reporter)
+        );
+        println!(
+            "  sitrep inbox --api {} --token {}",
+            api("socialstyrelsen"),
+            token("socialstyrelsen", sitrep_node::config::Role::Reader)
+        );
+        println!(
+            "  sitrep status --api {} --token {}",
+            api("nspl-hub"),
+            token("nspl-hub", sitrep_node::config::Role::Operator)
+        );
+        println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
     printers.abort_all();
