@@ -404,3 +404,49 @@ async fn status_shows_a_peer_going_down_and_coming_back() {
     assert_eq!(depth, 0);
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_submissions_are_400_with_the_field_named() {
+    let net = TestNet::start(&line()).await;
+    let region = Api::new(&net, "region-uppsala");
+    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        (
+            "recipients",
+            Box::new(|b| b["recipients"] = json!(["socialstyrelsen", "socialstyrelsen"])),
+        ),
+        ("precedence", Box::new(|b| b["precedence"] = json!(4))),
+        ("author", Box::new(|b| b["author"] = json!(["x"]))),
+        (
+            "label.caveats[0]",
+            Box::new(|b| b["label"]["caveats"] = json!([7])),
+        ),
+        ("expires", Box::new(|b| b["expires"] = json!("next tuesday"))),
+        ("unexpected", Box::new(|b| b["unexpected"] = json!(true))),
+    ];
+    for (want, edit) in cases {
+        let mut body = submission("SENSITIVE", "socialstyrelsen");
+        edit(&mut body);
+        let (status, text) = region
+            .call("POST", "/v1/reports", Some(reporter.clone()), Some(body))
+            .await;
+        assert_eq!(status, 400, "{want}: {text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON error body");
+        assert!(
+            v["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .any(|e| e["field"] == want),
+            "{want}: {text}"
+        );
+    }
+    let reader = token(&net, "region-uppsala", Role::Reader);
+    let (status, text) = region
+        .call("GET", "/v1/inbox?limit=lots", Some(reader), None)
+        .await;
+    assert_eq!(status, 400);
+    assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
+    assert_eq!(net.node("region-uppsala").counters().get("submitted"), 0);
+    net.shutdown().await;
+}

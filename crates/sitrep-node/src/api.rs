@@ -213,11 +213,19 @@ async fn submit_report(
         }
         Some(l) => {
             let class = l.get("class").and_then(Value::as_str).unwrap_or_default();
-            let caveats: Vec<String> = l
-                .get("caveats")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default();
+            let mut caveats = Vec::new();
+            match l.get("caveats") {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(a)) => {
+                    for (i, c) in a.iter().enumerate() {
+                        match c.as_str() {
+                            Some(c) => caveats.push(c.to_owned()),
+                            None => errors.push(field(format!("label.caveats[{i}]"), "must be a string")),
+                        }
+                    }
+                }
+                Some(_) => errors.push(field("label.caveats", "must be a list of strings")),
+            }
             match Class::parse(class) {
                 None => {
                     errors.push(field(
@@ -244,25 +252,36 @@ async fn submit_report(
             }
         }
     };
-    let precedence = match obj.get("precedence").and_then(Value::as_str) {
-        None => Some(Precedence::Routine),
-        Some(p) => Precedence::parse(p).or_else(|| {
+    let precedence = match obj.get("precedence") {
+        None | Some(Value::Null) => Some(Precedence::Routine),
+        Some(Value::String(p)) => Precedence::parse(p).or_else(|| {
             errors.push(field(
                 "precedence",
                 format!("{p:?} is not ROUTINE, PRIORITY, IMMEDIATE or FLASH"),
             ));
             None
         }),
+        Some(_) => {
+            errors.push(field(
+                "precedence",
+                "must be a string: ROUTINE, PRIORITY, IMMEDIATE or FLASH",
+            ));
+            None
+        }
     };
-    let mode = match obj.get("mode").and_then(Value::as_str) {
-        None => {
+    let mode = match obj.get("mode") {
+        None | Some(Value::Null) => {
             errors.push(field("mode", "is required: ACTUAL, EXERCISE or TEST"));
             None
         }
-        Some(m) => Mode::parse(m).or_else(|| {
+        Some(Value::String(m)) => Mode::parse(m).or_else(|| {
             errors.push(field("mode", format!("{m:?} is not ACTUAL, EXERCISE or TEST")));
             None
         }),
+        Some(_) => {
+            errors.push(field("mode", "must be a string: ACTUAL, EXERCISE or TEST"));
+            None
+        }
     };
     let mut recipients = Vec::new();
     match obj.get("recipients").and_then(Value::as_array) {
@@ -290,7 +309,14 @@ async fn submit_report(
             }
         },
     };
-    let author = obj.get("author").and_then(Value::as_str).unwrap_or("").to_owned();
+    let author = match obj.get("author") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(a)) => a.clone(),
+        Some(_) => {
+            errors.push(field("author", "must be a string"));
+            String::new()
+        }
+    };
     if !errors.is_empty() {
         errors.sort();
         return Err(ApiError::fields(errors));
@@ -364,7 +390,7 @@ async fn report_status(
 #[derive(Debug, Deserialize)]
 struct InboxQuery {
     after: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
 }
 
 /// The inbox cursor: one position per channel, written `open.secure`.
@@ -390,7 +416,13 @@ async fn inbox(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::Reader)?;
     let (mut open_at, mut secure_at) = parse_cursor(q.after.as_deref())?;
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::fields(vec![field("limit", format!("{l:?} is not a whole number"))]))?,
+    }
+    .clamp(1, MAX_PAGE);
     let mut items = Vec::new();
     for channel in Channel::ALL {
         let after = if channel == Channel::Open {

@@ -468,6 +468,27 @@ pub(crate) async fn submit(s: &Shared, sub: Submission) -> Result<MessageId, Sub
                 problem: "at least one recipient is required".into(),
             });
         }
+        if sub.recipients.len() > envelope::MAX_RECIPIENTS {
+            return Err(SubmitError::Bad {
+                field: "recipients",
+                problem: format!(
+                    "{} recipients, at most {}",
+                    sub.recipients.len(),
+                    envelope::MAX_RECIPIENTS
+                ),
+            });
+        }
+        if let Some(dup) = sub
+            .recipients
+            .iter()
+            .enumerate()
+            .find(|(i, r)| sub.recipients[..*i].contains(r))
+        {
+            return Err(SubmitError::Bad {
+                field: "recipients",
+                problem: format!("{} is listed twice", dup.1),
+            });
+        }
         let expires_ms = sub.expires_ms.unwrap_or_else(|| {
             now.saturating_add(i64::try_from(s.limits.default_ttl.as_millis()).unwrap_or(i64::MAX))
         });

@@ -278,7 +278,12 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
                 .and_then(|a| a.tokens.into_iter().find(|(_, r)| *r == role).map(|(t, _)| t))
                 .unwrap_or_default()
         };
-        let api = |id: &str| nodes.get(id).and_then(Node::api_addr).map_or_else(String::new, |a| format!("http://{a}"));
+        let api = |id: &str| {
+            nodes
+                .get(id)
+                .and_then(Node::api_addr)
+                .map_or_else(String::new, |a| format!("http://{a}"))
+        };
         println!("\nrunning. In another terminal (development tokens of this run):");
         println!(
             "  sitrep report submit deploy/examples/uppsala-icu-report.json --wait --api {} --token {}",
