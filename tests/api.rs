@@ -410,7 +410,8 @@ async fn malformed_submissions_are_400_with_the_field_named() {
     let net = TestNet::start(&line()).await;
     let region = Api::new(&net, "region-uppsala");
     let reporter = token(&net, "region-uppsala", Role::Reporter);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "recipients",
             Box::new(|b| b["recipients"] = json!(["socialstyrelsen", "socialstyrelsen"])),
