@@ -61,17 +61,6 @@ impl Api {
     }
 }
 
-fn token(net: &TestNet, id: &str, role: Role) -> String {
-    net.config(id)
-        .api
-        .expect("api")
-        .tokens
-        .into_iter()
-        .find(|(_, r)| *r == role)
-        .map(|(t, _)| t)
-        .expect("token for role")
-}
-
 fn submission(class: &str, recipient: &str) -> Value {
     let report = serde_json::to_value(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms()))
         .expect("json");
@@ -90,9 +79,9 @@ async fn every_endpoint_and_role() {
     let net = TestNet::start(&line()).await;
     let region = Api::new(&net, "region-uppsala");
     let authority = Api::new(&net, "socialstyrelsen");
-    let reporter = token(&net, "region-uppsala", Role::Reporter);
-    let reader = token(&net, "socialstyrelsen", Role::Reader);
-    let operator = token(&net, "region-uppsala", Role::Operator);
+    let reporter = net.api_token("region-uppsala", Role::Reporter);
+    let reader = net.api_token("socialstyrelsen", Role::Reader);
+    let operator = net.api_token("region-uppsala", Role::Operator);
 
     // No token, a wrong token: 401. A token of another role: 403.
     assert_eq!(
@@ -138,7 +127,7 @@ async fn every_endpoint_and_role() {
             .call(
                 "GET",
                 "/v1/inbox",
-                Some(token(&net, "socialstyrelsen", Role::Reporter)),
+                Some(net.api_token("socialstyrelsen", Role::Reporter)),
                 None
             )
             .await
@@ -288,7 +277,7 @@ fn check_prometheus_text(text: &str) {
 async fn invalid_fields_are_all_reported_and_policy_refusals_store_nothing() {
     let net = TestNet::start(&line()).await;
     let region = Api::new(&net, "region-uppsala");
-    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let reporter = net.api_token("region-uppsala", Role::Reporter);
 
     // Three invalid fields: all three come back.
     let mut bad = submission("SENSITIVE", "socialstyrelsen");
@@ -337,8 +326,8 @@ async fn invalid_fields_are_all_reported_and_policy_refusals_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_a_peer_going_down_and_coming_back() {
     let mut net = TestNet::start(&line()).await;
-    let operator = token(&net, "region-uppsala", Role::Operator);
-    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let operator = net.api_token("region-uppsala", Role::Operator);
+    let reporter = net.api_token("region-uppsala", Role::Reporter);
     let status = |v: &Value| {
         let peer = v["peers"]
             .as_array()
@@ -409,7 +398,7 @@ async fn status_shows_a_peer_going_down_and_coming_back() {
 async fn malformed_submissions_are_400_with_the_field_named() {
     let net = TestNet::start(&line()).await;
     let region = Api::new(&net, "region-uppsala");
-    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let reporter = net.api_token("region-uppsala", Role::Reporter);
     type Edit = Box<dyn Fn(&mut Value)>;
     let cases: Vec<(&str, Edit)> = vec![
         (
@@ -442,7 +431,7 @@ async fn malformed_submissions_are_400_with_the_field_named() {
             "{want}: {text}"
         );
     }
-    let reader = token(&net, "region-uppsala", Role::Reader);
+    let reader = net.api_token("region-uppsala", Role::Reader);
     let (status, text) = region
         .call("GET", "/v1/inbox?limit=lots", Some(reader), None)
         .await;

@@ -198,6 +198,23 @@ impl TestNet {
         c
     }
 
+    /// The API bearer token of `role` in `id`'s config.
+    ///
+    /// # Panics
+    /// If the node has no API or no token for the role.
+    #[must_use]
+    #[allow(clippy::expect_used)]
+    pub fn api_token(&self, id: &str, role: sitrep_node::config::Role) -> String {
+        self.config(id)
+            .api
+            .expect("the node has an API")
+            .tokens
+            .into_iter()
+            .find(|(_, r)| *r == role)
+            .map(|(t, _)| t)
+            .expect("a token for the role")
+    }
+
     /// Changes a node's config before its next start.
     pub fn override_config(&mut self, id: &str, f: impl Fn(&mut Config) + Send + Sync + 'static) {
         self.overrides.insert(id.to_owned(), Box::new(f));

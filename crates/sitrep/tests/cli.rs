@@ -15,17 +15,6 @@ async fn sitrep(args: Vec<String>) -> Output {
         .expect("run sitrep")
 }
 
-fn token(net: &TestNet, id: &str, role: Role) -> String {
-    net.config(id)
-        .api
-        .expect("api")
-        .tokens
-        .into_iter()
-        .find(|(_, r)| *r == role)
-        .map(|(t, _)| t)
-        .expect("token")
-}
-
 fn api(net: &TestNet, id: &str) -> String {
     format!("http://{}", net.node(id).api_addr().expect("api"))
 }
@@ -54,7 +43,7 @@ async fn submit_wait_status_and_inbox_through_the_cli() {
     });
     std::fs::write(&file, serde_json::to_vec_pretty(&body).expect("json")).expect("write");
     let region = api(&net, "region-uppsala");
-    let reporter = token(&net, "region-uppsala", Role::Reporter);
+    let reporter = net.api_token("region-uppsala", Role::Reporter);
 
     // submit --wait: the id first, then the recipient's states up to DELIVERED; exit 0.
     let o = sitrep(vec![
@@ -93,7 +82,7 @@ async fn submit_wait_status_and_inbox_through_the_cli() {
 
     // inbox at the authority (reader), table and JSON
     let authority = api(&net, "socialstyrelsen");
-    let reader = token(&net, "socialstyrelsen", Role::Reader);
+    let reader = net.api_token("socialstyrelsen", Role::Reader);
     let o = sitrep(vec![
         "inbox".into(),
         "--api".into(),
@@ -118,7 +107,7 @@ async fn submit_wait_status_and_inbox_through_the_cli() {
     assert_eq!(v["items"][0]["id"], id.as_str());
 
     // status: a table, and --json the API's document
-    let operator = token(&net, "region-uppsala", Role::Operator);
+    let operator = net.api_token("region-uppsala", Role::Operator);
     let o = sitrep(vec![
         "status".into(),
         "--api".into(),

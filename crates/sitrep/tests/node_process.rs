@@ -250,15 +250,7 @@ async fn a_report_acknowledged_with_202_survives_kill_9() {
     let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
     let mut net = TestNet::prepare(&line());
     net.spawn_child("region-uppsala", bin);
-    let token = net
-        .config("region-uppsala")
-        .api
-        .expect("api")
-        .tokens
-        .into_iter()
-        .find(|(_, r)| *r == sitrep_node::config::Role::Reporter)
-        .map(|(t, _)| t)
-        .expect("reporter token");
+    let token = net.api_token("region-uppsala", sitrep_node::config::Role::Reporter);
     let report = serde_json::to_value(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms()))
         .expect("json");
     let body = serde_json::json!({
