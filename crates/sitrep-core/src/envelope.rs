@@ -467,8 +467,18 @@ fn decode_layers(envelope: &[u8]) -> Result<(pb::Envelope, pb::Sealed, pb::Heade
 /// # Errors
 /// [`OpenError::Decode`], [`OpenError::InvalidHeader`] or [`OpenError::TooLarge`].
 pub fn peek_header(envelope: &[u8]) -> Result<HeaderInfo, OpenError> {
-    let (_, _, header) = decode_layers(envelope)?;
-    HeaderInfo::from_proto(&header).map_err(OpenError::InvalidHeader)
+    peek(envelope).map(|(_, h)| h)
+}
+
+/// Decodes an envelope once into its wire form and its (unverified)
+/// header: what a sender needs to re-check policy and frame a stored copy.
+///
+/// # Errors
+/// As [`peek_header`].
+pub fn peek(envelope: &[u8]) -> Result<(pb::Envelope, HeaderInfo), OpenError> {
+    let (env, _, header) = decode_layers(envelope)?;
+    let header = HeaderInfo::from_proto(&header).map_err(OpenError::InvalidHeader)?;
+    Ok((env, header))
 }
 
 /// Verifies an envelope the way every hop must before storing or

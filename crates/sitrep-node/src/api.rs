@@ -358,13 +358,8 @@ async fn report_status(
     authorize(&state, &headers, Role::Reporter)?;
     let mid = MessageId::parse(&id)
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, format!("{id:?} is not a message id")))?;
-    let mut records = Vec::new();
-    for rt in state.shared.channels.values() {
-        records.extend(
-            sitrep_store::Storage::delivery(&rt.store, &mid)
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?,
-        );
-    }
+    let records = crate::node::delivery(&state.shared, &mid)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     if records.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

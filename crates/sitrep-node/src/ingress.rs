@@ -323,18 +323,13 @@ async fn ingest(
         match h.content_type {
             ContentType::Receipt => {
                 let r = receipt_of(&v)?;
-                receipt_for = Some((
-                    MessageId::from_slice(&r.message_id).map_err(|_| malformed("receipt id"))?,
-                    h.origin.clone(),
-                ));
+                let id = MessageId::from_slice(&r.message_id).map_err(|_| malformed("receipt id"))?;
                 ops.push(Op::Delivered {
-                    id: receipt_for
-                        .as_ref()
-                        .map(|(id, _)| *id)
-                        .ok_or_else(|| malformed("receipt id"))?,
+                    id,
                     recipient: h.origin.clone(),
                     delivered_ms: r.delivered_unix_ms,
                 });
+                receipt_for = Some((id, h.origin.clone()));
             }
             _ => {
                 let payload = envelope::open(&v, &shared.id, &shared.hpke)?;

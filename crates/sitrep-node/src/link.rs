@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::Message as _;
 use rand::Rng as _;
 use sitrep_core::envelope;
 use sitrep_core::policy::Party;
@@ -224,21 +223,11 @@ async fn send_one(
     let now = now_ms();
     // Egress policy, checked again against the roster in force now: a
     // clearance lowered since the copy was queued stops it here.
-    let header = match envelope::peek_header(&q.envelope) {
-        Ok(h) => h,
+    let (envelope, header) = match envelope::peek(&q.envelope) {
+        Ok(decoded) => decoded,
         Err(e) => {
-            return (
-                id,
-                refuse(
-                    &shared,
-                    rt,
-                    &peer,
-                    id,
-                    format!("stored envelope unreadable: {e}"),
-                    "malformed",
-                )
-                .await,
-            );
+            let reason = format!("stored envelope unreadable: {e}");
+            return (id, refuse(&shared, rt, &peer, id, reason, "malformed").await);
         }
     };
     if now >= header.expires_ms {
@@ -254,23 +243,6 @@ async fn send_one(
             refuse(&shared, rt, &peer, id, format!("egress policy: {e}"), e.reason()).await,
         );
     }
-    let envelope = match pb::Envelope::decode(q.envelope.as_slice()) {
-        Ok(e) => e,
-        Err(e) => {
-            return (
-                id,
-                refuse(
-                    &shared,
-                    rt,
-                    &peer,
-                    id,
-                    format!("stored envelope unreadable: {e}"),
-                    "malformed",
-                )
-                .await,
-            );
-        }
-    };
     let frame = pb::Frame {
         kind: Some(pb::frame::Kind::Transfer(pb::Transfer {
             envelope: Some(envelope),

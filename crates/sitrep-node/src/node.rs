@@ -595,13 +595,7 @@ impl Node {
     /// # Errors
     /// [`StoreError`].
     pub fn delivery(&self, id: &MessageId) -> Result<Vec<DeliveryRecord>, StoreError> {
-        for ch in self.shared.channels.values() {
-            let d = ch.store.delivery(id)?;
-            if !d.is_empty() {
-                return Ok(d);
-            }
-        }
-        Ok(Vec::new())
+        delivery(&self.shared, id)
     }
 
     /// Whether any channel store holds `id` in its dedup set: the node stored
@@ -811,6 +805,17 @@ async fn first_failure(tasks: &mut JoinSet<Result<(), NodeError>>) -> NodeError 
         }
     }
     std::future::pending().await
+}
+
+/// Delivery state per recipient of a message originated here (see [`Node::delivery`]).
+pub(crate) fn delivery(shared: &Shared, id: &MessageId) -> Result<Vec<DeliveryRecord>, StoreError> {
+    for ch in shared.channels.values() {
+        let d = ch.store.delivery(id)?;
+        if !d.is_empty() {
+            return Ok(d);
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// Inbox entries after `after` on `channel`, opened (see [`Node::inbox`]).
