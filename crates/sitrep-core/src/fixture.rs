@@ -86,6 +86,27 @@ impl Fixture {
         }
     }
 
+    /// Another roster for the same nodes and keys, signed by the same
+    /// administrator: a copy of [`Fixture::raw`] changed by `edit` (change
+    /// clearances or channels, drop nodes). Valid at the fixture's `now_ms`.
+    ///
+    /// # Panics
+    /// If the edited roster does not verify: this is test code.
+    #[must_use]
+    #[allow(clippy::expect_used)]
+    pub fn roster_with(&self, edit: impl FnOnce(&mut pb::Roster)) -> Roster {
+        let mut raw = self.raw.clone();
+        edit(&mut raw);
+        let signed = crate::roster::sign(&raw, &self.admin);
+        Roster::verify(
+            &signed,
+            &self.admin.verifying_key(),
+            None,
+            self.raw.issued_unix_ms,
+        )
+        .expect("edited fixture roster verifies")
+    }
+
     /// The node with `id`.
     ///
     /// # Panics

@@ -13,11 +13,20 @@
 //!   [`envelope::verify`] one (what a relay does: signature, expiry, header)
 //!   and [`envelope::open`] it at a recipient.
 //! - [`report`]: field-level validation of situation reports.
+//! - [`routing`]: next hops and copies per recipient, the hop limit.
+//! - [`ingress`]: the hop decisions — what to do with an arriving transfer
+//!   ([`ingress::decide`]), whether a queued copy may leave
+//!   ([`ingress::decide_egress`]), what a next hop's answer means — with
+//!   typed refusal reasons.
+//! - [`delivery`]: the per-recipient delivery states at the origin and
+//!   which change of state is allowed.
 //!
 //! Not here: storage, networking, configuration, async.
 
+pub mod delivery;
 pub mod envelope;
 pub mod id;
+pub mod ingress;
 pub mod label;
 pub mod policy;
 pub mod report;

@@ -13,7 +13,7 @@ use std::fmt;
 
 use sitrep_proto::v1 as pb;
 
-use crate::{Class, NodeId};
+use crate::{Class, NodeId, Roster};
 
 /// A separate network for one range of classes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -259,6 +259,69 @@ pub fn effective_clearance(
     channel_maxima.into_iter().max().map(|m| m.min(roster_clearance))
 }
 
+/// The highest class node `here` may hold on a channel it runs with
+/// configured maximum `channel_max`: its roster clearance capped by that
+/// maximum. `None` if `here` is not in the roster or does not run the
+/// channel (`channel_max` is `None`).
+#[must_use]
+pub fn local_clearance(roster: &Roster, here: &NodeId, channel_max: Option<Class>) -> Option<Class> {
+    let mine = roster.node(here)?.clearance;
+    channel_max.map(|max| max.min(mine))
+}
+
+/// The label checks every point (submit, ingress, routing, egress) applies
+/// for a message of `class` on `channel` at node `here`, which runs the
+/// channel with configured maximum `channel_max` (`None`: it does not run
+/// it). In this order, the first broken rule deciding:
+///
+/// 1. `here` runs the channel, else [`PolicyError::WrongChannel`];
+/// 2. [`check_channel`]: the class belongs on the channel and is within its
+///    maximum;
+/// 3. `here` is cleared ([`Party::Local`]): its [`local_clearance`], or
+///    OPEN if it is not in the roster;
+/// 4. each of `parties` in the order given: in the roster (else
+///    [`PolicyError::NotCleared`] with clearance OPEN), on the channel in
+///    the roster, cleared for the class.
+///
+/// # Errors
+/// The [`PolicyError`] of the first broken rule.
+pub fn check_parties(
+    roster: &Roster,
+    here: &NodeId,
+    class: Class,
+    channel: Channel,
+    channel_max: Option<Class>,
+    parties: &[(Party, &NodeId)],
+) -> Result<(), PolicyError> {
+    let max = channel_max.ok_or(PolicyError::WrongChannel {
+        class,
+        channel,
+        required: Channel::for_class(class),
+    })?;
+    check_channel(class, channel, max)?;
+    let local = local_clearance(roster, here, Some(max)).unwrap_or(Class::Open);
+    check_clearance(Party::Local, here, local, class)?;
+    for (party, node) in parties {
+        let Some(entry) = roster.node(node) else {
+            return Err(PolicyError::NotCleared {
+                party: *party,
+                node: (*node).clone(),
+                clearance: Class::Open,
+                class,
+            });
+        };
+        if !entry.is_on(channel) {
+            return Err(PolicyError::NotOnChannel {
+                party: *party,
+                node: (*node).clone(),
+                channel,
+            });
+        }
+        check_clearance(*party, node, entry.clearance, class)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +408,68 @@ mod tests {
             Some(Class::Open)
         );
         assert_eq!(effective_clearance(Class::Secret, []), None);
+    }
+
+    /// `check_parties` at a node running `open` with maximum SENSITIVE,
+    /// cleared SECRET: the channel, then this node, then the parties in the
+    /// order given; an unknown party counts as cleared for OPEN. (The
+    /// ingress tables in `ingress.rs` go through every combination.)
+    #[test]
+    fn check_parties_in_order() {
+        use crate::fixture::Fixture;
+        const NOW: i64 = 1_790_000_000_000;
+        let f = Fixture::new(&[("here", Class::Secret), ("low", Class::Open)], NOW);
+        let here = NodeId::new("here").expect("valid");
+        let low = NodeId::new("low").expect("valid");
+        let ghost = NodeId::new("ghost").expect("valid");
+        let max = Some(Class::Sensitive);
+        assert_eq!(local_clearance(&f.roster, &here, max), Some(Class::Sensitive));
+        assert_eq!(local_clearance(&f.roster, &here, None), None);
+        assert_eq!(local_clearance(&f.roster, &ghost, max), None);
+        let check = |class, max, parties: &[(Party, &NodeId)]| {
+            check_parties(&f.roster, &here, class, Channel::Open, max, parties)
+        };
+        assert_eq!(check(Class::Sensitive, max, &[(Party::NextHop, &here)]), Ok(()));
+        assert_eq!(
+            check(Class::Sensitive, None, &[]),
+            Err(PolicyError::WrongChannel {
+                class: Class::Sensitive,
+                channel: Channel::Open,
+                required: Channel::Open,
+            })
+        );
+        assert_eq!(
+            check(
+                Class::Sensitive,
+                max,
+                &[(Party::Recipient, &ghost), (Party::NextHop, &low)]
+            ),
+            Err(PolicyError::NotCleared {
+                party: Party::Recipient,
+                node: ghost.clone(),
+                clearance: Class::Open,
+                class: Class::Sensitive,
+            })
+        );
+        assert_eq!(
+            check(
+                Class::Sensitive,
+                max,
+                &[(Party::NextHop, &low), (Party::Recipient, &ghost)]
+            ),
+            Err(PolicyError::NotCleared {
+                party: Party::NextHop,
+                node: low.clone(),
+                clearance: Class::Open,
+                class: Class::Sensitive,
+            })
+        );
+        // Above the channel maximum is refused as such, before this node's clearance.
+        let low_max = Some(Class::Open);
+        assert_eq!(
+            check(Class::Sensitive, low_max, &[]).map_err(|e| e.reason()),
+            Err("above_channel_max")
+        );
     }
 
     #[test]

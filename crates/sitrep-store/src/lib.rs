@@ -22,7 +22,8 @@
 //!
 //! Reads go straight to sled from any thread.
 //!
-//! Not here: what to store (routing, policy: `sitrep-core`), networking.
+//! Not here: what to store and which delivery-state change is allowed
+//! (routing, policy, `delivery::transition`: `sitrep-core`), networking.
 
 pub mod audit;
 mod keys;

@@ -108,61 +108,9 @@ pub struct InboxEntry {
     pub received_ms: i64,
 }
 
-/// Delivery state of a message for one recipient, at the origin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DeliveryState {
-    /// In our outbox.
-    Queued,
-    /// A next hop has custody.
-    Forwarded,
-    /// The recipient's signed receipt came back.
-    Delivered,
-    /// Refused permanently.
-    Rejected,
-    /// Expired before delivery.
-    Expired,
-}
-
-impl DeliveryState {
-    /// The API spelling.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "QUEUED",
-            Self::Forwarded => "FORWARDED",
-            Self::Delivered => "DELIVERED",
-            Self::Rejected => "REJECTED",
-            Self::Expired => "EXPIRED",
-        }
-    }
-
-    /// Whether nothing will change it any more.
-    #[must_use]
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Delivered | Self::Rejected | Self::Expired)
-    }
-
-    pub(crate) fn to_i32(self) -> i32 {
-        match self {
-            Self::Queued => 1,
-            Self::Forwarded => 2,
-            Self::Delivered => 3,
-            Self::Rejected => 4,
-            Self::Expired => 5,
-        }
-    }
-
-    pub(crate) fn from_i32(v: i32) -> Option<Self> {
-        Some(match v {
-            1 => Self::Queued,
-            2 => Self::Forwarded,
-            3 => Self::Delivered,
-            4 => Self::Rejected,
-            5 => Self::Expired,
-            _ => return None,
-        })
-    }
-}
+// The delivery states and their rules live in `sitrep-core`; re-exported
+// here so the store's users keep their import.
+pub use sitrep_core::delivery::DeliveryState;
 
 /// Delivery of one message to one recipient, at the origin.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -579,11 +579,7 @@ fn set_state(
     };
     let cur: DeliveryPb = decode(&k, &raw)?;
     let cur_state = DeliveryState::from_i32(cur.state);
-    let allowed = match state {
-        // A receipt is proof: it overrides anything but itself.
-        DeliveryState::Delivered => cur_state != Some(DeliveryState::Delivered),
-        _ => !cur_state.is_some_and(DeliveryState::is_final) && cur_state.is_none_or(|c| c <= state),
-    };
+    let allowed = sitrep_core::delivery::transition(cur_state, state);
     if allowed {
         let rec = DeliveryPb {
             state: state.to_i32(),
