@@ -10,9 +10,16 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 use zeroize::Zeroizing;
 
 use crate::{HpkeSecretKey, SigningKey, VerifyingKey};
+
+/// PEM label (RFC 7468) of a PKCS#8 private key.
+const PRIVATE_KEY: &str = "PRIVATE KEY";
+/// PEM label (RFC 7468) of a SubjectPublicKeyInfo.
+const PUBLIC_KEY: &str = "PUBLIC KEY";
 
 /// PKCS#8 prefix of an X25519 private key (OID 1.3.101.110), before the 32 key bytes.
 const X25519_PKCS8_PREFIX: [u8; 16] = [
@@ -41,17 +48,43 @@ fn err(path: &Path, problem: impl Into<String>) -> KeyFileError {
     }
 }
 
-fn read_pem(path: &Path, tag: &str) -> Result<Zeroizing<Vec<u8>>, KeyFileError> {
+/// Reads a key file whose first PEM block must be labelled `label`, the PEM kind of
+/// `T`, and decodes that block with rustls-pki-types.
+fn read_pem<T: PemObject>(path: &Path, label: &str) -> Result<T, KeyFileError> {
     let text = Zeroizing::new(std::fs::read(path).map_err(|e| err(path, e.to_string()))?);
-    let pem = pem::parse(text.as_slice()).map_err(|e| err(path, format!("not PEM: {e}")))?;
-    if pem.tag() != tag {
-        return Err(err(path, format!("PEM block is {:?}, want {tag:?}", pem.tag())));
+    // rustls-pki-types skips blocks of other kinds without saying what they were, so
+    // the label is checked here first, for a message that names what the file holds.
+    match first_label(&text) {
+        None => return Err(err(path, format!("not PEM: no -----BEGIN {label}----- line"))),
+        Some(found) if found != label => {
+            return Err(err(path, format!("PEM block is {found:?}, want {label:?}")));
+        }
+        Some(_) => {}
     }
-    Ok(Zeroizing::new(pem.into_contents()))
+    T::from_pem_slice(&text).map_err(|e| err(path, format!("not PEM: {e}")))
 }
 
-fn write_pem(path: &Path, tag: &str, der: &[u8], private: bool) -> Result<(), KeyFileError> {
-    let text = Zeroizing::new(pem::encode(&pem::Pem::new(tag, der.to_vec())));
+/// The label of the first `-----BEGIN <label>-----` line, cut to 64 characters.
+/// Labels are never secret; they are only shown in errors.
+fn first_label(text: &[u8]) -> Option<String> {
+    text.split(|b| *b == b'\n' || *b == b'\r').find_map(|line| {
+        let label = line
+            .strip_prefix(b"-----BEGIN ")?
+            .trim_ascii_end()
+            .strip_suffix(b"-----")?;
+        Some(String::from_utf8_lossy(label).chars().take(64).collect())
+    })
+}
+
+/// Writes one PEM block labelled `label` to a new file.
+///
+/// Encoding uses the `pem` crate: rustls-pki-types (1.x) only decodes PEM.
+fn write_pem(path: &Path, label: &str, der: &[u8], private: bool) -> Result<(), KeyFileError> {
+    // `Pem` takes its own copy of the DER and would not zero it: take it back and zero
+    // it. The encoded text is zeroed on drop.
+    let block = pem::Pem::new(label, der.to_vec());
+    let text = Zeroizing::new(pem::encode(&block));
+    drop(Zeroizing::new(block.into_contents()));
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -72,8 +105,8 @@ fn write_pem(path: &Path, tag: &str, der: &[u8], private: bool) -> Result<(), Ke
 /// # Errors
 /// [`KeyFileError`] if the file is missing, not PEM or not an Ed25519 key.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let der = read_pem(path, "PRIVATE KEY")?;
-    SigningKey::from_pkcs8(&der).map_err(|e| err(path, e.to_string()))
+    let der = Zeroizing::new(read_pem::<PrivatePkcs8KeyDer<'static>>(path, PRIVATE_KEY)?);
+    SigningKey::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| err(path, e.to_string()))
 }
 
 /// Writes an Ed25519 signing key, mode `0600`; refuses to overwrite.
@@ -81,7 +114,7 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyFileError> {
 /// # Errors
 /// [`KeyFileError`] if the file exists or cannot be written.
 pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    write_pem(path, "PRIVATE KEY", key.pkcs8(), true)
+    write_pem(path, PRIVATE_KEY, key.pkcs8(), true)
 }
 
 /// Reads an X25519 HPKE private key (PKCS#8 PEM).
@@ -89,8 +122,9 @@ pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), KeyFileErr
 /// # Errors
 /// [`KeyFileError`] if the file is missing, not PEM or not an X25519 key.
 pub fn read_hpke_key(path: &Path) -> Result<HpkeSecretKey, KeyFileError> {
-    let der = read_pem(path, "PRIVATE KEY")?;
+    let der = Zeroizing::new(read_pem::<PrivatePkcs8KeyDer<'static>>(path, PRIVATE_KEY)?);
     let raw = der
+        .secret_pkcs8_der()
         .strip_prefix(&X25519_PKCS8_PREFIX[..])
         .ok_or_else(|| err(path, "not an X25519 PKCS#8 private key"))?;
     HpkeSecretKey::from_bytes(raw).map_err(|e| err(path, e.to_string()))
@@ -103,7 +137,7 @@ pub fn read_hpke_key(path: &Path) -> Result<HpkeSecretKey, KeyFileError> {
 pub fn write_hpke_key(path: &Path, key: &HpkeSecretKey) -> Result<(), KeyFileError> {
     let mut der = Zeroizing::new(X25519_PKCS8_PREFIX.to_vec());
     der.extend_from_slice(key.as_bytes());
-    write_pem(path, "PRIVATE KEY", &der, true)
+    write_pem(path, PRIVATE_KEY, &der, true)
 }
 
 /// Reads an Ed25519 public key (SPKI PEM), e.g. the administrator's `admin.pub`.
@@ -111,7 +145,7 @@ pub fn write_hpke_key(path: &Path, key: &HpkeSecretKey) -> Result<(), KeyFileErr
 /// # Errors
 /// [`KeyFileError`] if the file is missing, not PEM or not an Ed25519 key.
 pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, KeyFileError> {
-    let der = read_pem(path, "PUBLIC KEY")?;
+    let der = read_pem::<SubjectPublicKeyInfoDer<'static>>(path, PUBLIC_KEY)?;
     let raw = der
         .strip_prefix(&ED25519_SPKI_PREFIX[..])
         .ok_or_else(|| err(path, "not an Ed25519 public key"))?;
@@ -125,7 +159,7 @@ pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey, KeyFileError> {
 pub fn write_verifying_key(path: &Path, key: &VerifyingKey) -> Result<(), KeyFileError> {
     let mut der = ED25519_SPKI_PREFIX.to_vec();
     der.extend_from_slice(key.as_bytes());
-    write_pem(path, "PUBLIC KEY", &der, false)
+    write_pem(path, PUBLIC_KEY, &der, false)
 }
 
 #[cfg(test)]
@@ -164,5 +198,47 @@ mod tests {
         assert!(e.to_string().contains("s.key"), "{e}");
         assert!(read_signing_key(&c).is_err());
         assert!(read_verifying_key(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_key_file_with_another_pem_block_is_refused_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let want = |label: &str, wanted: &str| format!("PEM block is {label:?}, want {wanted:?}");
+
+        // What `ssh-keygen` writes: PEM armour around a key that is not PKCS#8. An
+        // unknown label, which rustls-pki-types alone would skip without naming.
+        let ssh = dir.path().join("id_ed25519");
+        std::fs::write(
+            &ssh,
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let e = read_signing_key(&ssh).expect_err("not PKCS#8");
+        assert_eq!(e.path, ssh);
+        assert_eq!(e.problem, want("OPENSSH PRIVATE KEY", PRIVATE_KEY));
+        assert!(e.to_string().contains("id_ed25519"), "{e}");
+        let e = read_hpke_key(&ssh).expect_err("not PKCS#8");
+        assert_eq!(e.problem, want("OPENSSH PRIVATE KEY", PRIVATE_KEY));
+
+        // Known labels of the wrong kind: a public key where a private key is wanted,
+        // and the other way round.
+        let sk = SigningKey::generate().expect("rng");
+        let (private, public) = (dir.path().join("s.key"), dir.path().join("s.pub"));
+        write_signing_key(&private, &sk).expect("write");
+        write_verifying_key(&public, &sk.verifying_key()).expect("write");
+        let e = read_signing_key(&public).expect_err("a public key is no private key");
+        assert_eq!(e.problem, want(PUBLIC_KEY, PRIVATE_KEY));
+        let e = read_verifying_key(&private).expect_err("a private key is no public key");
+        assert_eq!(e.problem, want(PRIVATE_KEY, PUBLIC_KEY));
+
+        // No PEM at all, and a broken block of the right kind.
+        let junk = dir.path().join("junk.key");
+        std::fs::write(&junk, "not a key\n").expect("write");
+        let e = read_signing_key(&junk).expect_err("no PEM");
+        assert_eq!(e.problem, "not PEM: no -----BEGIN PRIVATE KEY----- line");
+        let torn = dir.path().join("torn.key");
+        std::fs::write(&torn, "-----BEGIN PRIVATE KEY-----\nMC4CAQAw\n").expect("write");
+        let e = read_signing_key(&torn).expect_err("no END line");
+        assert!(e.problem.starts_with("not PEM: "), "{e}");
     }
 }

@@ -12,7 +12,8 @@
 //! transfer is the node's job. It holds no store and no HTTP.
 //!
 //! Main types: [`ChannelEndpoint`] (bind, accept, connect, shutdown), [`PeerConnection`]
-//! (transfer, accept_transfer), [`IncomingTransfer`], [`TlsIdentity`], [`NetError`].
+//! (transfer, accept_transfer), [`IncomingTransfer`], [`TlsIdentity`] (and
+//! [`certificate_not_after_ms`] for a certificate file's expiry), [`NetError`].
 
 mod connection;
 mod endpoint;
@@ -28,7 +29,7 @@ pub use limits::{
     DEFAULT_CONNECTION_RECEIVE_WINDOW, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SEND_WINDOW, TransportLimits,
 };
-pub use tls::{ALPN, TlsIdentity};
+pub use tls::{ALPN, TlsIdentity, certificate_not_after_ms};
 
 /// Application close codes, sent with a reason when we close a connection.
 pub mod close_code {

@@ -13,7 +13,7 @@ use rustls::RootCertStore;
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::pem::{self, PemObject as _};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sitrep_core::NodeId;
 use sitrep_core::id::URI_SAN_PREFIX;
@@ -139,6 +139,31 @@ impl TlsIdentity {
             node,
         })
     }
+}
+
+/// The end of validity (`notAfter`) of the first certificate in a PEM file, in
+/// milliseconds since the Unix epoch. For a chain file that is the end-entity
+/// certificate. The node reports it so that operators see a certificate expire before
+/// its peers start refusing it.
+///
+/// # Errors
+/// [`NetError::Certificate`] naming the file if it cannot be read, holds no PEM
+/// certificate, or its first certificate is not X.509.
+pub fn certificate_not_after_ms(path: &Path) -> Result<i64, NetError> {
+    let problem = |problem: String| NetError::Certificate {
+        file: path.to_path_buf(),
+        problem,
+    };
+    let der = CertificateDer::from_pem_file(path).map_err(|e| {
+        problem(match e {
+            pem::Error::Io(e) => format!("cannot read: {e}"),
+            pem::Error::NoItemsFound => "holds no PEM certificate".to_owned(),
+            other => format!("not PEM: {other}"),
+        })
+    })?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der.as_ref())
+        .map_err(|e| problem(format!("certificate does not parse: {e}")))?;
+    Ok(cert.validity().not_after.timestamp().saturating_mul(1000))
 }
 
 /// The crypto provider: ring, explicitly, so no process-wide default is needed.
@@ -267,6 +292,76 @@ mod tests {
             key_pem: Vec::new(),
         };
         assert!(matches!(id.parse(), Err((Part::Ca, _))));
+    }
+
+    /// A self-signed certificate valid until `not_after`, as PEM.
+    fn certificate_until(not_after: time::OffsetDateTime) -> String {
+        let mut p = rcgen::CertificateParams::new(vec!["t.sitrep.invalid".to_owned()]).expect("valid SAN");
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = not_after;
+        let key = rcgen::KeyPair::generate().expect("key");
+        p.self_signed(&key).expect("certificate").pem()
+    }
+
+    #[test]
+    fn not_after_is_read_to_the_second() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 2030-01-02T03:04:05Z (UTCTime) and 2051-03-04T05:06:07Z (GeneralizedTime:
+        // X.509 switches encodings from 2050 on).
+        for secs in [1_893_553_445_i64, 2_561_519_167] {
+            let at = time::OffsetDateTime::from_unix_timestamp(secs).expect("in range");
+            let path = dir.path().join(format!("{secs}.crt"));
+            std::fs::write(&path, certificate_until(at)).expect("write");
+            assert_eq!(certificate_not_after_ms(&path).expect("parses"), secs * 1000);
+        }
+    }
+
+    #[test]
+    fn not_after_of_a_chain_is_the_first_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ee = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).expect("in range");
+        let ca = time::OffsetDateTime::from_unix_timestamp(2_000_000_000).expect("in range");
+        let path = dir.path().join("chain.crt");
+        std::fs::write(&path, certificate_until(ee) + &certificate_until(ca)).expect("write");
+        assert_eq!(
+            certificate_not_after_ms(&path).expect("parses"),
+            1_900_000_000_000
+        );
+    }
+
+    #[test]
+    fn not_after_errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.crt");
+        let e = certificate_not_after_ms(&missing).expect_err("no file");
+        assert!(
+            matches!(&e, NetError::Certificate { file, problem }
+                if *file == missing && problem.starts_with("cannot read")),
+            "{e}"
+        );
+
+        let key = dir.path().join("node.key");
+        std::fs::write(&key, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
+        let e = certificate_not_after_ms(&key).expect_err("a key is no certificate");
+        assert!(
+            matches!(&e, NetError::Certificate { file, problem }
+                if *file == key && problem == "holds no PEM certificate"),
+            "{e}"
+        );
+
+        let garbage = dir.path().join("garbage.crt");
+        std::fs::write(
+            &garbage,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let e = certificate_not_after_ms(&garbage).expect_err("not X.509");
+        assert!(
+            matches!(&e, NetError::Certificate { file, problem }
+                if *file == garbage && problem.starts_with("certificate does not parse")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("garbage.crt"), "{e}");
     }
 
     #[test]

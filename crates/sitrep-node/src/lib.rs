@@ -17,7 +17,6 @@
 mod api;
 pub mod clock;
 pub mod config;
-pub mod devpki;
 mod ingress;
 mod link;
 mod node;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sitrep_node::devpki::{Topology, TopologyChannel, TopologyNode};
+use sitrep_devpki::{Topology, TopologyChannel, TopologyNode};
 use sitrep_node::{Config, Node, NodeError};
 
 fn pki(dir: &Path) -> PathBuf {
@@ -36,7 +36,7 @@ fn pki(dir: &Path) -> PathBuf {
         ],
     };
     let out = dir.join("pki");
-    sitrep_node::devpki::generate(&t, &out).expect("pki");
+    sitrep_devpki::generate(&t, &out).expect("pki");
     out.join("region-a").join("node.toml")
 }
 

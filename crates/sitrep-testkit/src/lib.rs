@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use sitrep_core::{Channel, Class, NodeId, Roster};
 use sitrep_crypto::{HpkeSecretKey, SigningKey, keyfile};
+use sitrep_devpki::{Topology, TopologyChannel, TopologyNode};
 use sitrep_net::{ChannelEndpoint, FrameRecorder, PeerPolicy, TlsIdentity, TransportLimits};
-use sitrep_node::devpki::{Topology, TopologyChannel, TopologyNode};
 use sitrep_node::{Config, Node};
 
 /// How one node of a test network looks.
@@ -162,7 +162,7 @@ impl TestNet {
                 })
                 .collect(),
         };
-        sitrep_node::devpki::generate(&topology, &dir.path().join("pki")).expect("dev pki");
+        sitrep_devpki::generate(&topology, &dir.path().join("pki")).expect("dev pki");
         Self {
             dir,
             specs: specs.to_vec(),

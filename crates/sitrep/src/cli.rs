@@ -147,8 +147,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { once } => crate::demo::run(once),
         Command::Node { config } => crate::node_cmd::run(&config),
         Command::DevPki { topology, out } => {
-            let t = sitrep_node::devpki::read_topology(&topology)?;
-            println!("{}", sitrep_node::devpki::generate(&t, &out)?);
+            let t = sitrep_devpki::read_topology(&topology)?;
+            println!("{}", sitrep_devpki::generate(&t, &out)?);
             Ok(())
         }
         Command::Report {

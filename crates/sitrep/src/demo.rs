@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use sitrep_core::{Channel, Class, Label, MessageId, Mode, NodeId, Precedence};
-use sitrep_node::devpki::Topology;
+use sitrep_devpki::Topology;
 use sitrep_node::{Config, Content, Node, NodeEvent, Submission};
 use sitrep_proto::v1 as pb;
 
@@ -130,7 +130,7 @@ pub(crate) fn run(once: bool) -> anyhow::Result<()> {
         }
     }
     let pki = dir.path().join("pki");
-    sitrep_node::devpki::generate(&topology, &pki)?;
+    sitrep_devpki::generate(&topology, &pki)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

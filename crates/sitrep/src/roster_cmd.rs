@@ -171,7 +171,7 @@ pub(crate) fn sign(input: &Path, admin_key: &Path, out: &Path) -> anyhow::Result
     if let Err(e) = Roster::verify(&signed, &admin.verifying_key(), None, now) {
         bail!("the signed roster would be refused: {e}");
     }
-    sitrep_node::devpki::write_new(out, &signed)?;
+    sitrep_devpki::write_new(out, &signed)?;
     println!("{}", out.display());
     Ok(())
 }

@@ -1,4 +1,11 @@
-//! `sitrep dev-pki`: a complete development PKI for a topology.
+//! Development PKI for sitrep: everything a test network of nodes needs, from a
+//! topology file. This is what `sitrep dev-pki`, `sitrep demo` and `sitrep-testkit` use.
+//!
+//! **Development and tests only, never production.** Every private key it makes
+//! (administrator, channel CAs, nodes) is written unencrypted next to the configs, the
+//! CAs are made on the spot with no ceremony and no revocation, and the API tokens are
+//! written into `node.toml` in clear. A real network gets its roster signed offline with
+//! `sitrep roster sign` and its certificates from its own CA.
 //!
 //! Writes, under `--out DIR`:
 //! - `admin.key`, `admin.pub`: the network administrator's Ed25519 key.
@@ -8,8 +15,14 @@
 //!   (X25519), and per channel `<channel>.crt`, `<channel>.key`, `<channel>-ca.crt`.
 //!
 //! Paths in `node.toml` are relative to it, so `sitrep node --config
-//! DIR/<id>/node.toml` runs as it is. Development only: private keys sit
-//! next to the configs, unencrypted.
+//! DIR/<id>/node.toml` runs as it is.
+//!
+//! Not here: reading or checking a node's configuration (`sitrep-node`), anything a
+//! running node needs. It is kept out of the node library (`sitrep-node`) so that the
+//! node does not link a certificate generator.
+//!
+//! Main items: [`Topology`] (with [`TopologyNode`], [`TopologyChannel`]),
+//! [`read_topology`], [`generate`], [`write_new`], [`DevPkiError`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -17,8 +30,8 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use rand::RngCore as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -76,7 +89,6 @@ impl<T, E: std::fmt::Display> Ctx<T> for std::result::Result<T, E> {
     }
 }
 
-/// The topology file.
 /// A topology file: the network to make a PKI for.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -267,7 +279,7 @@ pub fn generate(topology: &Topology, out: &Path) -> Result<String> {
         );
     }
     std::fs::create_dir_all(out.join("ca")).ctx(|| format!("--out {}", out.display()))?;
-    let now = crate::clock::now_ms();
+    let now = now_ms();
 
     let admin = SigningKey::generate()?;
     keyfile::write_signing_key(&out.join("admin.key"), &admin)?;
@@ -334,7 +346,7 @@ pub fn generate(topology: &Topology, out: &Path) -> Result<String> {
             )?;
             write_new(&dir.join(format!("{channel}-ca.crt")), ca.pem().as_bytes())?;
         }
-        write_new(&dir.join("node.toml"), node_config(n, &nodes).as_bytes())?;
+        write_new(&dir.join("node.toml"), node_config(n, &nodes)?.as_bytes())?;
         entries.push(pb::NodeEntry {
             id: n.id.to_string(),
             name: n.name.clone(),
@@ -388,13 +400,24 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         .ctx(|| format!("{}", path.display()))
 }
 
-fn random_token() -> String {
-    let mut b = [0u8; 24];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
+/// Milliseconds since the Unix epoch (a clock before 1970 reads as 0), for the roster's
+/// issue time and validity.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .unwrap_or(0)
 }
 
-fn node_config(n: &Node, all: &[Node]) -> String {
+/// 24 random bytes, hex: an API token.
+fn random_token() -> Result<String> {
+    let mut b = [0u8; 24];
+    sitrep_crypto::random_bytes(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+fn node_config(n: &Node, all: &[Node]) -> Result<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -444,9 +467,9 @@ fn node_config(n: &Node, all: &[Node]) -> String {
     let _ = writeln!(s, "listen = \"{}\"", n.api);
     let _ = writeln!(s, "\n[api.tokens]");
     for role in ["reporter", "reader", "operator"] {
-        let _ = writeln!(s, "{role} = \"{}\"", random_token());
+        let _ = writeln!(s, "{role} = \"{}\"", random_token()?);
     }
-    s
+    Ok(s)
 }
 
 fn readme(network: &str) -> String {
