@@ -238,18 +238,23 @@ async fn every_endpoint_and_role() {
     net.shutdown().await;
 }
 
-/// Every sample line is `name{labels} value` with a known family and a number.
+/// OpenMetrics text, line by line: every sample `name{labels} value` with a
+/// number, after the `# TYPE` of its family (a counter's samples carry the
+/// `_total` suffix), and `# EOF` as the last line.
 fn check_prometheus_text(text: &str) {
-    let mut families = std::collections::BTreeSet::new();
+    let mut families = std::collections::BTreeMap::new();
     let mut samples = 0;
+    assert_eq!(text.lines().last(), Some("# EOF"), "{text}");
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let mut parts = rest.split_whitespace();
-            families.insert(parts.next().expect("name").to_owned());
-            assert!(matches!(parts.next(), Some("gauge" | "counter")), "{line}");
+            let name = parts.next().expect("name").to_owned();
+            let kind = parts.next().expect("type").to_owned();
+            assert!(matches!(kind.as_str(), "gauge" | "counter"), "{line}");
+            families.insert(name, kind);
             continue;
         }
-        if line.starts_with("# HELP ") || line.is_empty() {
+        if line.starts_with("# HELP ") || line == "# EOF" || line.is_empty() {
             continue;
         }
         let (series, value) = line.rsplit_once(' ').expect("name and value");
@@ -257,7 +262,11 @@ fn check_prometheus_text(text: &str) {
             .parse::<f64>()
             .unwrap_or_else(|_| panic!("not a number: {line}"));
         let name = series.split('{').next().expect("name");
-        assert!(families.contains(name), "sample before its TYPE: {line}");
+        let family = match name.strip_suffix("_total") {
+            Some(f) if families.get(f).is_some_and(|k| k == "counter") => f,
+            _ => name,
+        };
+        assert!(families.contains_key(family), "sample before its TYPE: {line}");
         assert!(
             name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "{line}"
@@ -438,5 +447,56 @@ async fn malformed_submissions_are_400_with_the_field_named() {
     assert_eq!(status, 400);
     assert!(serde_json::from_str::<Value>(&text).is_ok(), "{text}");
     assert_eq!(net.node("region-uppsala").counters().get("submitted"), 0);
+    net.shutdown().await;
+}
+
+/// `/v1/openapi.json` is OpenAPI 3.1, lists exactly the routes the node
+/// serves, and each of them answers on the real server (not 404/405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_description_lists_every_route_that_exists() {
+    let net = TestNet::start(&line()).await;
+    let region = Api::new(&net, "region-uppsala");
+    let (status, body) = region.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            routes.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    routes.sort();
+    assert_eq!(
+        routes,
+        [
+            "GET /healthz",
+            "GET /metrics",
+            "GET /readyz",
+            "GET /v1/inbox",
+            "GET /v1/openapi.json",
+            "GET /v1/reports/{id}",
+            "GET /v1/status",
+            "POST /v1/reports",
+        ]
+    );
+    assert!(doc["components"]["schemas"]["SubmitBody"].is_object(), "{body}");
+    assert!(
+        doc["components"]["securitySchemes"]["bearer"].is_object(),
+        "{body}"
+    );
+    // Each one is served: without a token the protected ones answer 401, the
+    // others 200; an unknown route answers 404, so the check can fail.
+    for route in &routes {
+        let (method, path) = route.split_once(' ').expect("method and path");
+        let path = path.replace("{id}", "01a44913-6167-7c2a-9e4b-1d07f3a26b58");
+        let (status, text) = match method {
+            "POST" => region.call("POST", &path, None, Some(json!({}))).await,
+            "GET" => region.call("GET", &path, None, None).await,
+            other => panic!("{other}: a method this test does not call"),
+        };
+        assert!(matches!(status, 200 | 401), "{route}: {status} {text}");
+    }
+    assert_eq!(region.call("GET", "/v1/nothing", None, None).await.0, 404);
     net.shutdown().await;
 }

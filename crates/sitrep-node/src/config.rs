@@ -485,3 +485,61 @@ impl Config {
         })
     }
 }
+
+impl Config {
+    /// The roster-dependent start-up checks: this node listed with these
+    /// keys, on each configured channel; each peer listed and on its channel.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key that disagrees with the roster.
+    pub fn check_against_roster(
+        &self,
+        roster: &sitrep_core::Roster,
+        signing_key: &sitrep_crypto::VerifyingKey,
+        hpke_key: &sitrep_crypto::HpkePublicKey,
+    ) -> Result<(), ConfigError> {
+        let cerr = |key: &str, problem: String| ConfigError {
+            key: key.into(),
+            problem,
+        };
+        let me = roster
+            .node(&self.id)
+            .ok_or_else(|| cerr("node.id", format!("{} is not in the roster", self.id)))?;
+        if me.signing_key != *signing_key {
+            return Err(cerr(
+                "node.signing_key",
+                format!("not the roster's signing key for {}", self.id),
+            ));
+        }
+        if me.hpke_key != *hpke_key {
+            return Err(cerr(
+                "node.hpke_key",
+                format!("not the roster's HPKE key for {}", self.id),
+            ));
+        }
+        if let Some(channel) = self.channels.keys().find(|c| !me.is_on(**c)) {
+            return Err(cerr(
+                &format!("channels.{channel}"),
+                format!("the roster does not put {} on the {channel} channel", self.id),
+            ));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            match roster.node(&p.id) {
+                None => {
+                    return Err(cerr(
+                        &format!("peers[{i}].id"),
+                        format!("{} is not in the roster", p.id),
+                    ));
+                }
+                Some(n) if !n.is_on(p.channel) => {
+                    return Err(cerr(
+                        &format!("peers[{i}].channel"),
+                        format!("the roster does not put {} on the {} channel", p.id, p.channel),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

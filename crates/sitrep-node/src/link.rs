@@ -2,6 +2,10 @@
 //! (reconnecting with capped exponential backoff and jitter), sends the
 //! outbox in precedence order with up to `max_in_flight` transfers at once,
 //! and drops a copy only when the next hop has taken custody.
+//!
+//! Not here: whether a copy may go (`sitrep_core::ingress::check_egress`) or
+//! what the next hop's answer means (`sitrep_core::ingress::next_hop_answer`);
+//! this module carries those decisions out.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -9,16 +13,18 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use sitrep_core::envelope;
-use sitrep_core::policy::Party;
+use sitrep_core::ingress::{Egress, NextHopAnswer, RefuseReason, decide_egress, next_hop_answer};
 use sitrep_core::{Channel, MessageId, NodeId};
 use sitrep_net::PeerConnection;
-use sitrep_proto::v1::{self as pb, RejectCode};
+use sitrep_proto::v1 as pb;
 use sitrep_store::{Op, Queued, Storage, StoreError};
 use tokio::task::JoinSet;
 
 use crate::clock::now_ms;
-use crate::node::{NodeError, NodeEvent};
-use crate::shared::{Link, Shared, lock};
+use crate::error::NodeError;
+use crate::event::NodeEvent;
+use crate::metrics::{Direction, Event};
+use crate::shared::{ChannelRt, Link, Refused, Shared, lock};
 
 /// 10 s to set up a connection, so a dead address does not stall the link.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -220,28 +226,32 @@ async fn send_one(
     let Some(rt) = shared.channels.get(&channel) else {
         return (id, Sent::Retry);
     };
-    let now = now_ms();
     // Egress policy, checked again against the roster in force now: a
     // clearance lowered since the copy was queued stops it here.
     let (envelope, header) = match envelope::peek(&q.envelope) {
         Ok(decoded) => decoded,
         Err(e) => {
-            let reason = format!("stored envelope unreadable: {e}");
-            return (id, refuse(&shared, rt, &peer, id, reason, "malformed").await);
+            let detail = format!("stored envelope unreadable: {e}");
+            return (
+                id,
+                refuse(&shared, rt, &peer, id, detail, RefuseReason::Malformed).await,
+            );
         }
     };
-    if now >= header.expires_ms {
-        // The sweeper marks it EXPIRED.
-        return (id, Sent::Retry);
-    }
     let roster = shared.roster.get();
-    let mut parties: Vec<(Party, &NodeId)> = vec![(Party::NextHop, &peer)];
-    parties.extend(q.serves.iter().map(|r| (Party::Recipient, r)));
-    if let Err(e) = shared.check_label(&roster, header.label.class, channel, &parties) {
-        return (
-            id,
-            refuse(&shared, rt, &peer, id, format!("egress policy: {e}"), e.reason()).await,
-        );
+    let ctx = shared.context(channel, &roster);
+    match decide_egress(
+        &ctx,
+        &peer,
+        &q.serves,
+        header.label.class,
+        now_ms(),
+        header.expires_ms,
+    ) {
+        Egress::Send => {}
+        // The sweeper marks it EXPIRED.
+        Egress::Expired => return (id, Sent::Retry),
+        Egress::Refuse(r) => return (id, refuse(&shared, rt, &peer, id, r.detail, r.reason).await),
     }
     let frame = pb::Frame {
         kind: Some(pb::frame::Kind::Transfer(pb::Transfer {
@@ -257,40 +267,22 @@ async fn send_one(
             return (id, Sent::Lost);
         }
     };
-    match answer.kind {
-        Some(pb::frame::Kind::Accepted(_)) => (id, custody(&shared, rt, &peer, id).await),
-        Some(pb::frame::Kind::Rejected(r)) if r.code == RejectCode::Duplicate as i32 && r.permanent => {
-            // The next hop already has it: an earlier attempt's answer was lost.
-            (id, custody(&shared, rt, &peer, id).await)
-        }
-        Some(pb::frame::Kind::Rejected(r)) if r.permanent => {
-            let code = RejectCode::try_from(r.code).map_or("UNKNOWN", |c| c.as_str_name());
-            tracing::warn!(%id, peer = %peer, code, reason = %r.reason, "next hop refused");
-            (
-                id,
-                refuse(
-                    &shared,
-                    rt,
-                    &peer,
-                    id,
-                    format!("{code}: {}", r.reason),
-                    "by_next_hop",
-                )
-                .await,
-            )
-        }
-        Some(pb::frame::Kind::Rejected(r)) => {
-            tracing::debug!(%id, peer = %peer, reason = %r.reason, "next hop asks to retry");
+    match next_hop_answer(answer.kind.as_ref()) {
+        // Accepted, or it already had it (an earlier attempt's answer was lost).
+        NextHopAnswer::Custody => (id, custody(&shared, rt, &peer, id).await),
+        NextHopAnswer::Refused(r) => (id, refuse(&shared, rt, &peer, id, r.detail, r.reason).await),
+        NextHopAnswer::Retry => {
+            tracing::debug!(%id, peer = %peer, "next hop asks to retry");
             (id, Sent::Retry)
         }
-        _ => {
+        NextHopAnswer::ProtocolError => {
             conn.close(sitrep_net::close_code::PROTOCOL, "expected Accepted or Rejected");
             (id, Sent::Lost)
         }
     }
 }
 
-async fn custody(shared: &Shared, rt: &crate::shared::ChannelRt, peer: &NodeId, id: MessageId) -> Sent {
+async fn custody(shared: &Shared, rt: &ChannelRt, peer: &NodeId, id: MessageId) -> Sent {
     match rt
         .store
         .apply(vec![Op::Forwarded {
@@ -303,7 +295,7 @@ async fn custody(shared: &Shared, rt: &crate::shared::ChannelRt, peer: &NodeId, 
         Ok(_) => {
             tracing::debug!(%id, next_hop = %peer, "forwarded");
             shared.audit("forward", Some(id), Some(peer), rt.channel, None, "");
-            shared.counters.inc("forwarded");
+            shared.counters.inc(Event::Forwarded);
             shared.emit(NodeEvent::Forwarded {
                 id,
                 next_hop: peer.clone(),
@@ -320,29 +312,23 @@ async fn custody(shared: &Shared, rt: &crate::shared::ChannelRt, peer: &NodeId, 
     }
 }
 
+/// Drops a copy the next hop (or egress policy) refused for good, then
+/// carries the refusal out (counted once the copy is gone, so a waiter on
+/// the counter sees the store settled).
 async fn refuse(
     shared: &Shared,
-    rt: &crate::shared::ChannelRt,
+    rt: &ChannelRt,
     peer: &NodeId,
     id: MessageId,
-    reason: String,
-    counter: &str,
+    detail: String,
+    reason: RefuseReason,
 ) -> Sent {
-    tracing::warn!(%id, peer = %peer, %reason, "copy dropped: refused");
-    shared.audit(
-        "refuse",
-        Some(id),
-        Some(peer),
-        rt.channel,
-        None,
-        &format!("egress: {reason}"),
-    );
     let outcome = match rt
         .store
         .apply(vec![Op::Rejected {
             id,
             next_hop: peer.clone(),
-            reason,
+            reason: detail.clone(),
             now_ms: now_ms(),
         }])
         .await
@@ -350,13 +336,15 @@ async fn refuse(
         Ok(_) => Sent::Refused,
         Err(_) => Sent::Retry,
     };
-    // Counted once the copy is gone, so a waiter on the counter sees the store settled.
-    shared.counters.inc(&format!("egress_refused.{counter}"));
-    shared.emit(NodeEvent::Refused {
-        reason: counter.to_owned(),
-        peer: Some(peer.clone()),
+    shared.refused(&Refused {
+        direction: Direction::Egress,
+        reason,
+        detail: &detail,
+        peer: Some(peer),
+        channel: rt.channel,
+        id: Some(id),
+        class: None,
     });
-    shared.bump();
     outcome
 }
 

@@ -1,11 +1,17 @@
-//! State shared by the node's tasks.
+//! State shared by the node's tasks: identity and keys, the roster in use,
+//! each channel's store, endpoint and links, counters, the audit log, and the
+//! signals that wake waiters. Also the one place a refusal is carried out
+//! ([`Shared::refused`]: count, audit, log, emit).
+//!
+//! Not here: decisions (they are pure functions in `sitrep_core`), or the
+//! operations on this state (`service`, `ingress`, `link`, `sweeper`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use sitrep_core::policy::{Party, check_channel, check_clearance};
+use sitrep_core::policy::{Party, check_parties};
 use sitrep_core::routing::RouteTable;
 use sitrep_core::{Channel, Class, MessageId, NodeId, PolicyError, Roster};
 use sitrep_crypto::{HpkeSecretKey, SigningKey};
@@ -16,33 +22,13 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use crate::node::NodeEvent;
+use sitrep_core::ingress::{Context, RefuseReason};
+
+use crate::event::NodeEvent;
+use crate::metrics::{Counters, Direction};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Counters by name (`accepted`, `forwarded`, `delivered`, `refused.<reason>`, ...).
-#[derive(Debug, Default)]
-pub struct Counters(Mutex<BTreeMap<String, u64>>);
-
-impl Counters {
-    /// Adds one to `name`.
-    pub fn inc(&self, name: &str) {
-        *lock(&self.0).entry(name.to_owned()).or_default() += 1;
-    }
-
-    /// The value of `name`.
-    #[must_use]
-    pub fn get(&self, name: &str) -> u64 {
-        lock(&self.0).get(name).copied().unwrap_or(0)
-    }
-
-    /// All counters.
-    #[must_use]
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        lock(&self.0).clone()
-    }
 }
 
 /// The roster in use, replaceable at run time.
@@ -101,6 +87,25 @@ pub(crate) struct Link {
     pub(crate) state: Mutex<LinkState>,
 }
 
+impl Link {
+    pub(crate) fn new(peer: NodeId, addr: SocketAddr) -> Self {
+        Self {
+            peer,
+            addr: Mutex::new(addr),
+            wake: Notify::new(),
+            generation: Mutex::new(0),
+            state: Mutex::new(LinkState::default()),
+        }
+    }
+
+    /// Points the link at a new address; the sender drops its connection.
+    pub(crate) fn move_to(&self, addr: SocketAddr) {
+        *lock(&self.addr) = addr;
+        *lock(&self.generation) += 1;
+        self.wake.notify_one();
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LinkState {
     pub(crate) connected: bool,
@@ -153,14 +158,45 @@ impl Shared {
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
+    /// Wakes the senders of `hops` on `channel`: copies were queued for them.
+    pub(crate) fn wake_links<'a>(&self, channel: Channel, hops: impl IntoIterator<Item = &'a NodeId>) {
+        if let Some(ch) = self.channels.get(&channel) {
+            for hop in hops {
+                if let Some(link) = ch.links.get(hop) {
+                    link.wake.notify_one();
+                }
+            }
+        }
+    }
+
     pub(crate) fn emit(&self, e: NodeEvent) {
         // No receiver is fine.
         let _ = self.events.send(e);
     }
 
-    pub(crate) fn refuse(&self, reason: &str) {
-        self.counters.inc(&format!("refused.{reason}"));
-        // Waiters on counters see refusals at once.
+    /// Carries out a refusal, the one place that does: counts it by reason
+    /// and direction, appends it to the audit log, logs it, emits
+    /// [`NodeEvent::Refused`] and wakes waiters (who see the counter at once).
+    pub(crate) fn refused(&self, r: &Refused<'_>) {
+        self.counters.refused(r.direction, r.reason);
+        let reason = r.reason.as_str();
+        let audit_reason = match r.direction {
+            Direction::Ingress => format!("{reason}: {}", r.detail),
+            Direction::Egress => format!("egress: {}", r.detail),
+        };
+        self.audit("refuse", r.id, r.peer, r.channel, r.class, &audit_reason);
+        match r.id {
+            Some(id) => {
+                tracing::warn!(%id, peer = ?r.peer.map(NodeId::as_str), channel = %r.channel, direction = ?r.direction, reason, detail = %r.detail, "refused")
+            }
+            None => {
+                tracing::warn!(peer = ?r.peer.map(NodeId::as_str), channel = %r.channel, direction = ?r.direction, reason, detail = %r.detail, "refused")
+            }
+        }
+        self.emit(NodeEvent::Refused {
+            reason: reason.to_owned(),
+            peer: r.peer.cloned(),
+        });
         self.bump();
     }
 
@@ -185,16 +221,9 @@ impl Shared {
         });
     }
 
-    /// The highest class this node may hold on `channel`: its roster
-    /// clearance capped by the channel's configured maximum.
-    pub(crate) fn local_clearance(&self, roster: &Roster, channel: Channel) -> Option<Class> {
-        let mine = roster.node(&self.id)?.clearance;
-        self.channels.get(&channel).map(|c| c.max_class.min(mine))
-    }
-
-    /// The label checks every point applies: the class on this channel, this
-    /// node cleared, each node the message is handed to cleared and on the
-    /// channel in the roster.
+    /// The label checks every point applies (`sitrep_core::policy::check_parties`):
+    /// the class on this channel, this node cleared, each party the message
+    /// is handed to cleared and on the channel in the roster.
     pub(crate) fn check_label(
         &self,
         roster: &Roster,
@@ -202,32 +231,50 @@ impl Shared {
         channel: Channel,
         parties: &[(Party, &NodeId)],
     ) -> Result<(), PolicyError> {
-        let ch = self.channels.get(&channel).ok_or(PolicyError::WrongChannel {
+        check_parties(
+            roster,
+            &self.id,
             class,
             channel,
-            required: Channel::for_class(class),
-        })?;
-        check_channel(class, channel, ch.max_class)?;
-        let local = self.local_clearance(roster, channel).unwrap_or(Class::Open);
-        check_clearance(Party::Local, &self.id, local, class)?;
-        for (party, node) in parties {
-            let Some(entry) = roster.node(node) else {
-                return Err(PolicyError::NotCleared {
-                    party: *party,
-                    node: (*node).clone(),
-                    clearance: Class::Open,
-                    class,
-                });
-            };
-            if !entry.is_on(channel) {
-                return Err(PolicyError::NotOnChannel {
-                    party: *party,
-                    node: (*node).clone(),
-                    channel,
-                });
-            }
-            check_clearance(*party, node, entry.clearance, class)?;
-        }
-        Ok(())
+            self.channel_max(channel),
+            parties,
+        )
     }
+
+    /// What the decisions in `sitrep_core::ingress` need to know about this
+    /// node on `channel`, with the roster in force.
+    pub(crate) fn context<'a>(&'a self, channel: Channel, roster: &'a Roster) -> Context<'a> {
+        Context {
+            here: &self.id,
+            channel,
+            channel_max: self.channel_max(channel),
+            roster,
+            routes: &self.routes,
+            hop_limit: self.limits.hop_limit,
+        }
+    }
+
+    /// The configured maximum class of `channel`, if this node runs it.
+    pub(crate) fn channel_max(&self, channel: Channel) -> Option<Class> {
+        self.channels.get(&channel).map(|c| c.max_class)
+    }
+}
+
+/// A refusal to carry out: what, why, and about which message and peer.
+#[derive(Debug)]
+pub(crate) struct Refused<'a> {
+    /// Arriving, or a queued copy going out.
+    pub(crate) direction: Direction,
+    /// The reason (the counter's label).
+    pub(crate) reason: RefuseReason,
+    /// What exactly was wrong, for the audit log and the log.
+    pub(crate) detail: &'a str,
+    /// The peer it came from or was going to.
+    pub(crate) peer: Option<&'a NodeId>,
+    /// The channel.
+    pub(crate) channel: Channel,
+    /// The message, as claimed (unverified at ingress) or as queued.
+    pub(crate) id: Option<MessageId>,
+    /// Its class, likewise.
+    pub(crate) class: Option<Class>,
 }

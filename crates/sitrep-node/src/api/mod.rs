@@ -1,0 +1,238 @@
+//! The local HTTP API (DESIGN §9), the top layer of the crate: submit
+//! reports, follow their delivery, read the inbox, watch status and metrics.
+//! Bearer tokens with roles `reporter`, `reader`, `operator`; JSON field
+//! names and enum spellings are the proto's. Every route is declared once,
+//! with its OpenAPI 3.1 description (utoipa), and served at
+//! `/v1/openapi.json`.
+//!
+//! Not here: what the operations do (`service`); this layer parses, checks
+//! the token, calls the service and shapes the answer.
+
+// utoipa's `path` macro spells the types it is given as qualified paths.
+#[allow(unused_qualifications)]
+mod query;
+#[allow(unused_qualifications)]
+mod status;
+#[allow(unused_qualifications)]
+mod submit;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sitrep_core::report::FieldError;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::config::{ApiConfig, Role};
+use crate::error::NodeError;
+use crate::service::Service;
+
+/// 8 MiB: a 4 MiB report as JSON, with room.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+struct ApiState {
+    service: Service,
+    /// SHA-256 of each token → role: compared as digests, so the comparison
+    /// time says nothing about the token.
+    tokens: Arc<Vec<([u8; 32], Role)>>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sitrep node API",
+        description = "The local HTTP API of a sitrep node: submit situation reports, follow their \
+                       delivery, read the inbox, watch status and metrics. See docs/api.md."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "reports", description = "Submit situation reports and follow their delivery (reporter)"),
+        (name = "inbox", description = "Reports delivered to this node (reader)"),
+        (name = "operations", description = "Status, metrics, health (operator)"),
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` security scheme every protected route refers to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Every route with its description, and the OpenAPI document they make.
+fn router() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(submit::submit_report))
+        .routes(routes!(query::report_status))
+        .routes(routes!(query::inbox))
+        .routes(routes!(status::status))
+        .routes(routes!(status::metrics))
+        .routes(routes!(status::healthz))
+        .routes(routes!(status::readyz))
+        .routes(routes!(openapi_json))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3.1 description of this API, as served at `/v1/openapi.json`.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    router().1
+}
+
+pub(crate) async fn serve(
+    service: Service,
+    api: ApiConfig,
+    listener: tokio::net::TcpListener,
+    cancel: CancellationToken,
+) -> Result<(), NodeError> {
+    let state = ApiState {
+        service,
+        tokens: Arc::new(
+            api.tokens
+                .iter()
+                .map(|(t, r)| (sitrep_crypto::sha256(t.as_bytes()), *r))
+                .collect(),
+        ),
+    };
+    let (app, _) = router();
+    let app = app.layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state);
+    tracing::info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .map_err(|e| NodeError::Task(format!("HTTP API: {e}")))
+}
+
+/// `GET /v1/openapi.json`: this description.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    Json(openapi()).into_response()
+}
+
+/// One invalid field.
+#[derive(Debug, Serialize, ToSchema)]
+struct FieldProblem {
+    /// The field's path, e.g. `report.beds[0].occupied`.
+    field: String,
+    /// What is wrong with it.
+    problem: String,
+}
+
+/// An error answer.
+#[derive(Debug, Serialize, ToSchema)]
+struct ErrorBody {
+    /// What went wrong.
+    error: String,
+    /// For `400`: every invalid field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldProblem>,
+}
+
+/// An API error: status, message, and field errors for 400s.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    error: String,
+    errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn fields(mut errors: Vec<FieldError>) -> Self {
+        errors.sort();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error: format!("{} invalid field(s)", errors.len()),
+            errors,
+        }
+    }
+
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.error,
+            errors: self
+                .errors
+                .into_iter()
+                .map(|e| FieldProblem {
+                    field: e.field,
+                    problem: e.problem,
+                })
+                .collect(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn field(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
+    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(unauthorized)?;
+    let digest = sitrep_crypto::sha256(token.trim().as_bytes());
+    match state.tokens.iter().find(|(d, _)| *d == digest) {
+        None => Err(unauthorized()),
+        Some((_, r)) if *r == role => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token's role may not do this; it needs the {role:?} role"),
+        )),
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+fn rfc3339(ms: i64) -> String {
+    u64::try_from(ms).map_or_else(
+        |_| "1970-01-01T00:00:00Z".into(),
+        |ms| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_description_is_openapi_3_1_and_round_trips() {
+        let doc = openapi();
+        let json = serde_json::to_value(&doc).expect("serializes");
+        assert_eq!(json["openapi"], "3.1.0");
+        let back: utoipa::openapi::OpenApi = serde_json::from_value(json.clone()).expect("parses back");
+        assert_eq!(serde_json::to_value(&back).expect("serializes"), json);
+    }
+}

@@ -1,0 +1,322 @@
+//! `GET /v1/status` (operator), `GET /metrics` (OpenMetrics text through
+//! `prometheus-client`), `/healthz` and `/readyz`: the same snapshot of the
+//! node shown two ways.
+//!
+//! Not here: the counters themselves (`metrics`) or how the snapshot is read
+//! (`service`).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use std::sync::atomic::AtomicU64;
+use utoipa::ToSchema;
+
+use super::{ApiError, ApiState, ErrorBody, authorize, rfc3339};
+use crate::config::Role;
+use crate::metrics::Counters;
+use crate::service::StatusSnapshot;
+
+/// Days from `now_ms` to `until_ms`.
+fn days(now_ms: i64, until_ms: i64) -> f64 {
+    (until_ms - now_ms) as f64 / 86_400_000.0
+}
+
+/// The roster in use.
+#[derive(Debug, Serialize, ToSchema)]
+struct RosterView {
+    serial: u64,
+    network: String,
+    not_after: String,
+    days_left: f64,
+}
+
+/// A channel certificate's validity.
+#[derive(Debug, Serialize, ToSchema)]
+struct CertificateView {
+    channel: String,
+    not_after: String,
+    days_left: f64,
+}
+
+/// One peer link.
+#[derive(Debug, Serialize, ToSchema)]
+struct PeerView {
+    peer: String,
+    channel: String,
+    address: String,
+    connected: bool,
+    last_seen: Option<String>,
+    rtt_ms: Option<f64>,
+    last_error: Option<String>,
+}
+
+/// One outbox.
+#[derive(Debug, Serialize, ToSchema)]
+struct OutboxView {
+    channel: String,
+    next_hop: String,
+    depth: u64,
+    bytes: u64,
+    oldest_age_s: Option<f64>,
+}
+
+/// One channel store.
+#[derive(Debug, Serialize, ToSchema)]
+struct StoreView {
+    channel: String,
+    disk_bytes: u64,
+}
+
+/// The node's status.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct StatusDocument {
+    /// This node's id.
+    node: String,
+    /// When this was read.
+    time: String,
+    roster: RosterView,
+    certificates: Vec<CertificateView>,
+    peers: Vec<PeerView>,
+    outboxes: Vec<OutboxView>,
+    /// Every counter that is not zero, by name.
+    counters: BTreeMap<String, u64>,
+    /// Refusals at ingress by reason.
+    refusals: BTreeMap<String, u64>,
+    stores: Vec<StoreView>,
+}
+
+impl StatusDocument {
+    fn new(s: &StatusSnapshot, counters: &Counters) -> Self {
+        let now = s.now_ms;
+        Self {
+            node: s.node.to_string(),
+            time: rfc3339(now),
+            roster: RosterView {
+                serial: s.roster.serial,
+                network: s.roster.network.clone(),
+                not_after: rfc3339(s.roster.not_after_ms),
+                days_left: days(now, s.roster.not_after_ms),
+            },
+            certificates: s
+                .certificates
+                .iter()
+                .map(|(c, t)| CertificateView {
+                    channel: c.as_str().to_owned(),
+                    not_after: rfc3339(*t),
+                    days_left: days(now, *t),
+                })
+                .collect(),
+            peers: s
+                .peers
+                .iter()
+                .map(|p| PeerView {
+                    peer: p.peer.to_string(),
+                    channel: p.channel.as_str().to_owned(),
+                    address: p.address.to_string(),
+                    connected: p.connected,
+                    last_seen: p.last_seen_ms.map(rfc3339),
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    last_error: p.last_error.clone(),
+                })
+                .collect(),
+            outboxes: s
+                .outboxes
+                .iter()
+                .map(|(c, h)| OutboxView {
+                    channel: c.as_str().to_owned(),
+                    next_hop: h.next_hop.to_string(),
+                    depth: h.depth,
+                    bytes: h.bytes,
+                    oldest_age_s: h.oldest_queued_ms.map(|t| (now - t).max(0) as f64 / 1000.0),
+                })
+                .collect(),
+            counters: counters.snapshot(),
+            refusals: counters
+                .refusals()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            stores: s
+                .disk
+                .iter()
+                .map(|(c, b)| StoreView {
+                    channel: c.as_str().to_owned(),
+                    disk_bytes: *b,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Peers, outboxes, counters, refusals, certificate and roster expiry, disk use.
+#[utoipa::path(get, path = "/v1/status", tag = "operations",
+    responses(
+        (status = 200, description = "The node's status", body = StatusDocument),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Not an operator token", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(super) async fn status(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<StatusDocument>, ApiError> {
+    authorize(&state, &headers, Role::Operator)?;
+    Ok(Json(StatusDocument::new(
+        &state.service.status(),
+        state.service.counters(),
+    )))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PeerLabels {
+    channel: &'static str,
+    peer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HopLabels {
+    channel: &'static str,
+    next_hop: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The OpenMetrics text of the counters and of gauges read from `s`.
+fn exposition(s: &StatusSnapshot, counters: &Counters) -> Result<String, std::fmt::Error> {
+    let now = s.now_ms;
+    let mut registry = Registry::default();
+    counters.register(&mut registry);
+    let connected = Family::<PeerLabels, Gauge>::default();
+    let rtt = Family::<PeerLabels, FloatGauge>::default();
+    for p in &s.peers {
+        let l = PeerLabels {
+            channel: p.channel.as_str(),
+            peer: p.peer.to_string(),
+        };
+        connected.get_or_create(&l).set(i64::from(p.connected));
+        if let Some(r) = p.rtt {
+            rtt.get_or_create(&l).set(r.as_secs_f64());
+        }
+    }
+    let depth = Family::<HopLabels, Gauge>::default();
+    let bytes = Family::<HopLabels, Gauge>::default();
+    let age = Family::<HopLabels, FloatGauge>::default();
+    for (c, h) in &s.outboxes {
+        let l = HopLabels {
+            channel: c.as_str(),
+            next_hop: h.next_hop.to_string(),
+        };
+        depth
+            .get_or_create(&l)
+            .set(i64::try_from(h.depth).unwrap_or(i64::MAX));
+        bytes
+            .get_or_create(&l)
+            .set(i64::try_from(h.bytes).unwrap_or(i64::MAX));
+        age.get_or_create(&l).set(
+            h.oldest_queued_ms
+                .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+        );
+    }
+    let disk = Family::<ChannelLabels, Gauge>::default();
+    for (c, b) in &s.disk {
+        disk.get_or_create(&ChannelLabels { channel: c.as_str() })
+            .set(i64::try_from(*b).unwrap_or(i64::MAX));
+    }
+    let cert = Family::<ChannelLabels, FloatGauge>::default();
+    for (c, t) in &s.certificates {
+        cert.get_or_create(&ChannelLabels { channel: c.as_str() })
+            .set(days(now, *t));
+    }
+    let serial = Gauge::<i64>::default();
+    serial.set(i64::try_from(s.roster.serial).unwrap_or(i64::MAX));
+    let roster_days = FloatGauge::default();
+    roster_days.set(days(now, s.roster.not_after_ms));
+
+    registry.register(
+        "sitrep_peer_connected",
+        "1 if the link to the peer is up.",
+        connected,
+    );
+    registry.register("sitrep_peer_rtt_seconds", "Round-trip time to the peer.", rtt);
+    registry.register("sitrep_outbox_depth", "Copies queued for the next hop.", depth);
+    registry.register(
+        "sitrep_outbox_bytes",
+        "Envelope bytes queued for the next hop.",
+        bytes,
+    );
+    registry.register(
+        "sitrep_outbox_oldest_age_seconds",
+        "Age of the oldest queued copy.",
+        age,
+    );
+    registry.register(
+        "sitrep_store_disk_bytes",
+        "Disk used by the channel's store.",
+        disk,
+    );
+    registry.register(
+        "sitrep_certificate_days_left",
+        "Days until the channel certificate expires.",
+        cert,
+    );
+    registry.register("sitrep_roster_serial", "Serial of the roster in use.", serial);
+    registry.register(
+        "sitrep_roster_days_left",
+        "Days until the roster expires.",
+        roster_days,
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// OpenMetrics text: the same figures as `/v1/status`. No token: bind the
+/// API to an address only the monitoring system reaches.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+pub(super) async fn metrics(State(state): State<ApiState>) -> Response {
+    match exposition(&state.service.status(), state.service.counters()) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response(),
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: 200 when the node can serve (the roster is valid now), 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", content_type = "text/plain"),
+        (status = 503, description = "Not ready, and why", content_type = "text/plain"),
+    ))]
+pub(super) async fn readyz(State(state): State<ApiState>) -> Response {
+    match state.service.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    }
+}
