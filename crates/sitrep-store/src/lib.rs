@@ -22,11 +22,18 @@
 //!
 //! Reads go straight to sled from any thread.
 //!
+//! [`log`] is the segment log that is to become the single durability point
+//! (DESIGN.md §7): an append-only, checksummed log per channel with one
+//! `fdatasync` per group commit, recovery that truncates a torn tail, and a
+//! file layer that a simulator (`log::SimDir`, feature `sim`) can cut the
+//! power under. sled is then only an index rebuilt from it.
+//!
 //! Not here: what to store and which delivery-state change is allowed
 //! (routing, policy, `delivery::transition`: `sitrep-core`), networking.
 
 pub mod audit;
 mod keys;
+pub mod log;
 mod records;
 mod sled_store;
 
