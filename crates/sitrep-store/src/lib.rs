@@ -14,19 +14,22 @@
 //! - **delivery states**: per (message, recipient), at the origin.
 //!
 //! Writes go through [`Storage::apply`] as a list of [`Op`]s that belong
-//! together and are applied atomically (one sled batch). A single writer
-//! thread owns all writes and does **group commit**: it applies every job
-//! waiting in its queue, then flushes once, and only then answers each
-//! caller. So an `Ok` means the write is on disk (custody), and many
-//! messages share one fsync under load.
+//! together and are applied atomically. A single writer thread owns all
+//! writes and does **group commit**: for every job waiting in its queue it
+//! checks the job against the index (dedup, ...) and encodes it as one
+//! record of the segment [`log`]; it appends the group's records with one
+//! `fdatasync`, only then applies the group to sled in one batch, and only
+//! then answers each caller. So an `Ok` means the write is on disk
+//! (custody), many messages share one fsync under load, and readers never
+//! see a write that a power cut could still take back.
+//!
+//! The log is the single durability point (DESIGN.md §7): sled is an index
+//! that is never flushed for durability; at open every log record after the
+//! index's `log.applied` position is replayed into it, and a missing index
+//! is rebuilt from the whole log. After a failed log write or sync the store
+//! refuses all writes ([`StoreError::Failed`], [`SledStore::healthy`]).
 //!
 //! Reads go straight to sled from any thread.
-//!
-//! [`log`] is the segment log that is to become the single durability point
-//! (DESIGN.md §7): an append-only, checksummed log per channel with one
-//! `fdatasync` per group commit, recovery that truncates a torn tail, and a
-//! file layer that a simulator (`log::SimDir`, feature `sim`) can cut the
-//! power under. sled is then only an index rebuilt from it.
 //!
 //! Not here: what to store and which delivery-state change is allowed
 //! (routing, policy, `delivery::transition`: `sitrep-core`), networking.
@@ -74,6 +77,39 @@ pub enum StoreError {
     /// The store's writer has stopped (the node is shutting down).
     #[error("store is closed")]
     Closed,
+    /// A write or fdatasync of the segment log failed, or the index could
+    /// not be updated after one succeeded. Nothing of the job is
+    /// acknowledged, and the store refuses every later write: a failed
+    /// fsync is never retried (its pages may be gone). Restart the node to
+    /// recover what is durable from the log.
+    #[error(
+        "store {path} refuses writes after a storage failure: {reason}; \
+         restart the node to recover from its log"
+    )]
+    Failed {
+        /// The store's directory.
+        path: String,
+        /// The first failure.
+        reason: String,
+    },
+    /// One job is larger than a log record can be. Nothing was written; the
+    /// store keeps working.
+    #[error("store job of {len} bytes is larger than the {max} bytes a log record can hold")]
+    TooLarge {
+        /// The encoded job.
+        len: usize,
+        /// The largest record payload.
+        max: usize,
+    },
+    /// The segment log could not be opened or replayed.
+    #[error("store {path}: {source}")]
+    Log {
+        /// The store's directory.
+        path: String,
+        /// The log's error.
+        #[source]
+        source: log::LogError,
+    },
 }
 
 /// Result of one storage call.

@@ -139,3 +139,62 @@ pub struct HopStats {
     /// When the oldest copy was queued.
     pub oldest_queued_ms: Option<i64>,
 }
+
+/// One job as the segment log keeps it: the ops exactly as the caller gave
+/// them, so that replaying the record against the index state it was first
+/// applied to writes the same keys. One job is one log record, because a
+/// record is the log's unit of atomicity.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct JobPb {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) ops: Vec<OpPb>,
+}
+
+/// [`OpPb::kind`] values.
+pub(crate) mod op_kind {
+    pub(crate) const INGEST: i32 = 1;
+    pub(crate) const FORWARDED: i32 = 2;
+    pub(crate) const REJECTED: i32 = 3;
+    pub(crate) const DELIVERED: i32 = 4;
+    pub(crate) const EXPIRE_DUE: i32 = 5;
+}
+
+/// One [`crate::Op`]; which fields are set depends on `kind`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct OpPb {
+    #[prost(int32, tag = "1")]
+    pub(crate) kind: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub(crate) envelope: Vec<u8>,
+    #[prost(int32, tag = "4")]
+    pub(crate) precedence: i32,
+    #[prost(int64, tag = "5")]
+    pub(crate) expires_ms: i64,
+    /// `now_ms` of every kind, `delivered_ms` of `DELIVERED`.
+    #[prost(int64, tag = "6")]
+    pub(crate) now_ms: i64,
+    #[prost(uint32, tag = "7")]
+    pub(crate) hop_count: u32,
+    #[prost(message, repeated, tag = "8")]
+    pub(crate) copies: Vec<CopyPb>,
+    #[prost(bool, tag = "9")]
+    pub(crate) inbox: bool,
+    #[prost(string, repeated, tag = "10")]
+    pub(crate) track: Vec<String>,
+    /// The next hop (`FORWARDED`, `REJECTED`) or the recipient (`DELIVERED`).
+    #[prost(string, tag = "11")]
+    pub(crate) node: String,
+    #[prost(string, tag = "12")]
+    pub(crate) reason: String,
+}
+
+/// One [`crate::Copy`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct CopyPb {
+    #[prost(string, tag = "1")]
+    pub(crate) next_hop: String,
+    #[prost(string, repeated, tag = "2")]
+    pub(crate) serves: Vec<String>,
+}

@@ -16,14 +16,16 @@
 //! effect, as if the machine had died (the caller is in the state a crash at
 //! that point leaves). [`SimDir::resume`] models a killed process instead:
 //! the page cache stays, I/O works again. [`SimDir::fail_next_sync`] injects
-//! an `EIO` into one `sync_data`.
+//! an `EIO` into one `sync_data`. [`SimDir::hold_syncs`] makes every
+//! `sync_data` wait until [`SimDir::release_syncs`], to look at what others
+//! see while a group commit is waiting on the disk.
 //!
 //! Deterministic: the same operations and seed give the same outcome.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -34,6 +36,35 @@ use super::io::{Dir, File};
 #[derive(Clone, Default)]
 pub struct SimDir {
     state: Arc<Mutex<State>>,
+    gate: Arc<Gate>,
+}
+
+/// Holds `sync_data` calls while closed.
+#[derive(Default)]
+struct Gate {
+    /// (held, syncs waiting)
+    state: Mutex<(bool, usize)>,
+    changed: Condvar,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, (bool, usize)> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pass(&self) {
+        let mut g = self.lock();
+        if !g.0 {
+            return;
+        }
+        g.1 += 1;
+        self.changed.notify_all();
+        while g.0 {
+            g = self.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+        g.1 -= 1;
+        self.changed.notify_all();
+    }
 }
 
 impl fmt::Debug for SimDir {
@@ -180,6 +211,7 @@ impl SimDir {
                 ops_left: None,
                 ops: 0,
             })),
+            gate: Arc::default(),
         }
     }
 
@@ -204,6 +236,27 @@ impl SimDir {
         let mut st = self.lock();
         st.ops_left = None;
         st.fail_next_sync = false;
+    }
+
+    /// From now on every `sync_data` waits (before doing anything) until
+    /// [`SimDir::release_syncs`].
+    pub fn hold_syncs(&self) {
+        self.gate.lock().0 = true;
+    }
+
+    /// Lets held and later `sync_data` calls through.
+    pub fn release_syncs(&self) {
+        self.gate.lock().0 = false;
+        self.gate.changed.notify_all();
+    }
+
+    /// Blocks until a `sync_data` is waiting at the gate closed by
+    /// [`SimDir::hold_syncs`].
+    pub fn wait_for_held_sync(&self) {
+        let mut g = self.gate.lock();
+        while g.1 == 0 {
+            g = self.gate.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 
     /// Mutating operations done so far.
@@ -238,6 +291,7 @@ impl Dir for SimDir {
         });
         Ok(Box::new(SimFile {
             state: Arc::clone(&self.state),
+            gate: Arc::clone(&self.gate),
             id,
             name: name.to_owned(),
         }))
@@ -251,6 +305,7 @@ impl Dir for SimDir {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("sim:{name} not found")))?;
         Ok(Box::new(SimFile {
             state: Arc::clone(&self.state),
+            gate: Arc::clone(&self.gate),
             id,
             name: name.to_owned(),
         }))
@@ -290,6 +345,7 @@ impl Dir for SimDir {
 
 struct SimFile {
     state: Arc<Mutex<State>>,
+    gate: Arc<Gate>,
     id: u64,
     name: String,
 }
@@ -336,6 +392,7 @@ impl File for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.gate.pass();
         let mut st = self.lock();
         st.mutate()?;
         if std::mem::take(&mut st.fail_next_sync) {
