@@ -104,6 +104,8 @@ pub(crate) struct StatusSnapshot {
     pub(crate) peers: Vec<PeerStatus>,
     pub(crate) outboxes: Vec<(Channel, HopStats)>,
     pub(crate) disk: Vec<(Channel, u64)>,
+    /// Per channel store: `Err` with the reason once it refuses writes.
+    pub(crate) store_health: Vec<(Channel, Result<(), String>)>,
 }
 
 /// The node's operations for local users.
@@ -337,16 +339,26 @@ impl Service {
             peers: self.peers(),
             outboxes: self.outboxes(),
             disk: self.disk_use(),
+            store_health: self
+                .0
+                .channels
+                .iter()
+                .map(|(c, rt)| (*c, rt.store.healthy()))
+                .collect(),
         }
     }
 
-    /// Whether the node can serve: the roster is valid now.
-    pub(crate) fn ready(&self) -> Result<(), &'static str> {
-        if self.0.roster.get().is_valid_at(now_ms()) {
-            Ok(())
-        } else {
-            Err("roster not valid now")
+    /// Whether the node can serve: the roster is valid now and every
+    /// channel store takes writes (a store refuses them for good after a
+    /// failed fdatasync: restart the node once the disk is fixed).
+    pub(crate) fn ready(&self) -> Result<(), String> {
+        if !self.0.roster.get().is_valid_at(now_ms()) {
+            return Err("roster not valid now".to_owned());
         }
+        for rt in self.0.channels.values() {
+            rt.store.healthy()?;
+        }
+        Ok(())
     }
 
     /// Reads the configured roster file and replaces the roster in use.

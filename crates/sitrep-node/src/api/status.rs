@@ -73,6 +73,8 @@ struct OutboxView {
 struct StoreView {
     channel: String,
     disk_bytes: u64,
+    /// `null` while the store takes writes; the reason once it refuses them.
+    failed: Option<String>,
 }
 
 /// The node's status.
@@ -150,6 +152,11 @@ impl StatusDocument {
                 .map(|(c, b)| StoreView {
                     channel: c.as_str().to_owned(),
                     disk_bytes: *b,
+                    failed: s
+                        .store_health
+                        .iter()
+                        .find(|(h, _)| h == c)
+                        .and_then(|(_, r)| r.clone().err()),
                 })
                 .collect(),
         }
@@ -308,7 +315,8 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: 200 when the node can serve (the roster is valid now), 503 otherwise.
+/// Readiness: 200 when the node can serve (the roster is valid now and every
+/// store takes writes), 503 with the reason otherwise.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", content_type = "text/plain"),
