@@ -83,10 +83,12 @@ pub use sim::SimDir;
 
 use record::{Decoded, HEADER, Header};
 
-/// 64 MiB: large enough that a segment roll (two extra syncs) is rare under
-/// load and a 4 MiB report fits many times; small enough that one record
-/// pinning a segment wastes little of a channel's volume.
-pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// 16 MiB: large enough that a segment roll (two extra syncs) is rare under
+/// load (one per ≈ 3,500 reports of 4 KiB) and a job with a 4 MiB report
+/// fits three times; small enough that one record pinning a segment wastes
+/// little, and that a test network of many stores, each preallocating one
+/// segment, fits on a small disk.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 /// 64 bytes: the smallest segment that still holds a header and a payload;
 /// real logs use megabytes, tests a few hundred bytes to roll often.
 const MIN_SEGMENT_BYTES: u64 = 64;
