@@ -1,0 +1,143 @@
+//! The store alone (criterion): the real job mix per report at an origin —
+//! ingest (custody copy for the next hop, delivery tracked), forwarded (the
+//! next hop took custody), delivered (the receipt came back) — with 64
+//! reports in flight so group commits form, on a real store in a temp dir.
+//!
+//! Besides criterion's time per 1,000 reports, it prints jobs/s and the
+//! bytes the process caused to be written to the device per report
+//! (`/proc/self/io` `write_bytes`, which counts page-cache writeback charged
+//! to this process) beside the envelope's size: the write amplification.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sitrep_core::{MessageId, NodeId, Precedence};
+use sitrep_store::{Copy, Ingest, Op, SledStore, Storage};
+use tokio::task::JoinSet;
+
+/// A sealed 4 KiB report's envelope (what the path bench measures: 4,386 bytes).
+const ENVELOPE_BYTES: usize = 4_386;
+/// Reports in flight, as a link's window.
+const IN_FLIGHT: usize = 64;
+
+fn n(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid node id")
+}
+
+/// One report's three jobs, in order, as concurrent callers would send them.
+async fn report(store: Arc<SledStore>, seq: u64) {
+    let now = 1_790_000_000_000_i64;
+    let mut random = [0u8; 10];
+    random[2..].copy_from_slice(&seq.to_be_bytes());
+    let id = MessageId::new_v7(now, random);
+    let (hub, authority) = (n("nspl-hub"), n("socialstyrelsen"));
+    let ingest = Op::Ingest(Ingest {
+        id,
+        envelope: vec![0x5a; ENVELOPE_BYTES],
+        precedence: Precedence::Routine,
+        expires_ms: now + 86_400_000,
+        now_ms: now,
+        hop_count: 0,
+        copies: vec![Copy {
+            next_hop: hub.clone(),
+            serves: vec![authority.clone()],
+        }],
+        inbox: false,
+        track: vec![authority.clone()],
+    });
+    store.apply(vec![ingest]).await.expect("ingest");
+    let forwarded = Op::Forwarded {
+        id,
+        next_hop: hub,
+        now_ms: now + 1,
+    };
+    store.apply(vec![forwarded]).await.expect("forwarded");
+    let delivered = Op::Delivered {
+        id,
+        recipient: authority,
+        delivered_ms: now + 2,
+    };
+    store.apply(vec![delivered]).await.expect("delivered");
+}
+
+/// Runs `count` reports from `start`, `IN_FLIGHT` at a time.
+async fn run(store: &Arc<SledStore>, start: u64, count: u64) {
+    let mut tasks = JoinSet::new();
+    for seq in start..start + count {
+        if tasks.len() >= IN_FLIGHT {
+            tasks.join_next().await.expect("a task").expect("no panic");
+        }
+        tasks.spawn(report(Arc::clone(store), seq));
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("no panic");
+    }
+}
+
+/// Bytes this process caused to be written to storage so far.
+fn write_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn store_alone(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SledStore::open(dir.path()).expect("store opens"));
+
+    // A fixed run first, for the rate and the device bytes per report.
+    const REPORTS: u64 = 5_000;
+    let before = write_bytes();
+    let t0 = Instant::now();
+    rt.block_on(run(&store, 0, REPORTS));
+    let elapsed = t0.elapsed();
+    // Let the index's background flush land, so its bytes are counted too.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after = write_bytes();
+    let jobs = REPORTS * 3;
+    println!(
+        "store.mix reports={REPORTS} jobs={jobs} jobs_per_s={:.0} reports_per_s={:.0} in_flight={IN_FLIGHT}",
+        jobs as f64 / elapsed.as_secs_f64(),
+        REPORTS as f64 / elapsed.as_secs_f64()
+    );
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let per_report = (a - b) as f64 / REPORTS as f64;
+            println!(
+                "store.device_bytes per_report={per_report:.0} envelope={ENVELOPE_BYTES} amplification={:.2}x",
+                per_report / ENVELOPE_BYTES as f64
+            );
+        }
+        _ => println!("store.device_bytes unavailable (no /proc/self/io)"),
+    }
+
+    let mut next = REPORTS;
+    let mut group = c.benchmark_group("store");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    group.bench_function(
+        "1000 reports: ingest + forwarded + delivered, 64 in flight",
+        |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    rt.block_on(run(&store, next, 1_000));
+                    next += 1_000;
+                }
+                t.elapsed()
+            });
+        },
+    );
+    group.finish();
+    store.close();
+}
+
+criterion_group!(benches, store_alone);
+criterion_main!(benches);
