@@ -1,4 +1,6 @@
 //! The one place the node reads the wall clock; everything below takes `now_ms`.
+//!
+//! Not here: timers and timeouts (tokio's clock, so tests can pause it).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

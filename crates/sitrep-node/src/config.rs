@@ -2,6 +2,9 @@
 //! overridable by a `SITREP_<SECTION>__<KEY>` environment variable, unknown
 //! keys refused, every value validated at start-up with an error that names
 //! the key (DESIGN §9). Paths are relative to the config file.
+//!
+//! Not here: reading the files the config names (keys, roster, certificates:
+//! `node` at start-up), or acting on the values.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -12,9 +12,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use sitrep_core::envelope::{self, Draft, Verified};
-use sitrep_core::ingress::{
-    Accepted, Arrival, Copies, Decision, Local, Refusal, RefuseReason, Seen, Verification,
-};
+use sitrep_core::ingress::{Accepted, Arrival, Decision, Local, Refusal, RefuseReason, Seen, Verification};
 use sitrep_core::{Channel, ContentType, MessageId, NodeId, Roster};
 use sitrep_net::{IncomingTransfer, NetError, PeerConnection, close_code};
 use sitrep_proto::v1 as pb;
@@ -268,31 +266,34 @@ async fn carry_out(
                 let sealed = seal_receipt(shared, roster, &v, now)?;
                 let copies = route?;
                 notify.extend(copies.keys().cloned());
-                ops.push(ingest_op(
-                    sealed.0,
-                    sealed.1,
-                    h.precedence,
-                    sealed.2,
-                    now,
-                    0,
-                    copies,
-                    false,
-                ));
+                let (id, envelope, expires_ms) = sealed;
+                ops.push(Op::Ingest(Ingest {
+                    id,
+                    envelope,
+                    precedence: h.precedence,
+                    expires_ms,
+                    now_ms: now,
+                    hop_count: 0,
+                    copies: Copy::per_hop(copies),
+                    inbox: false,
+                    track: Vec::new(),
+                }));
             }
         }
     }
     ops.insert(
         0,
-        ingest_op(
-            h.id,
-            bytes,
-            h.precedence,
-            h.expires_ms,
-            now,
+        Op::Ingest(Ingest {
+            id: h.id,
+            envelope: bytes,
+            precedence: h.precedence,
+            expires_ms: h.expires_ms,
+            now_ms: now,
             hop_count,
-            accepted.copies,
+            copies: Copy::per_hop(accepted.copies),
             inbox,
-        ),
+            track: Vec::new(),
+        }),
     );
     match rt.store.apply(ops).await {
         Ok(_) => {}
@@ -320,33 +321,6 @@ async fn carry_out(
     }
     shared.bump();
     Ok(h.id)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn ingest_op(
-    id: MessageId,
-    envelope: Vec<u8>,
-    precedence: sitrep_core::Precedence,
-    expires_ms: i64,
-    now_ms: i64,
-    hop_count: u32,
-    copies: Copies,
-    inbox: bool,
-) -> Op {
-    Op::Ingest(Ingest {
-        id,
-        envelope,
-        precedence,
-        expires_ms,
-        now_ms,
-        hop_count,
-        copies: copies
-            .into_iter()
-            .map(|(next_hop, serves)| Copy { next_hop, serves })
-            .collect(),
-        inbox,
-        track: Vec::new(),
-    })
 }
 
 /// The receipt in `v`, checked against its header: signed by the recipient

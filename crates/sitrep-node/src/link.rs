@@ -3,7 +3,7 @@
 //! outbox in precedence order with up to `max_in_flight` transfers at once,
 //! and drops a copy only when the next hop has taken custody.
 //!
-//! Not here: whether a copy may go (`sitrep_core::ingress::check_egress`) or
+//! Not here: whether a copy may go (`sitrep_core::ingress::decide_egress`) or
 //! what the next hop's answer means (`sitrep_core::ingress::next_hop_answer`);
 //! this module carries those decisions out.
 

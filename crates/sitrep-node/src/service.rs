@@ -103,9 +103,16 @@ pub(crate) struct StatusSnapshot {
     pub(crate) certificates: Vec<(Channel, i64)>,
     pub(crate) peers: Vec<PeerStatus>,
     pub(crate) outboxes: Vec<(Channel, HopStats)>,
-    pub(crate) disk: Vec<(Channel, u64)>,
-    /// Per channel store: `Err` with the reason once it refuses writes.
-    pub(crate) store_health: Vec<(Channel, Result<(), String>)>,
+    pub(crate) stores: Vec<StoreStatus>,
+}
+
+/// One channel store, as status shows it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreStatus {
+    pub(crate) channel: Channel,
+    pub(crate) disk_bytes: u64,
+    /// Why the store refuses writes, once it does.
+    pub(crate) failed: Option<String>,
 }
 
 /// The node's operations for local users.
@@ -203,14 +210,7 @@ impl Service {
             expires_ms,
             now_ms: now,
             hop_count: 0,
-            copies: plan
-                .copies
-                .iter()
-                .map(|(hop, serves)| Copy {
-                    next_hop: hop.clone(),
-                    serves: serves.clone(),
-                })
-                .collect(),
+            copies: Copy::per_hop(plan.copies.clone()),
             inbox: plan.local,
             track: sub.recipients.iter().filter(|r| **r != s.id).cloned().collect(),
         };
@@ -338,12 +338,15 @@ impl Service {
             certificates: self.0.cert_not_after.iter().map(|(c, t)| (*c, *t)).collect(),
             peers: self.peers(),
             outboxes: self.outboxes(),
-            disk: self.disk_use(),
-            store_health: self
+            stores: self
                 .0
                 .channels
                 .iter()
-                .map(|(c, rt)| (*c, rt.store.healthy()))
+                .map(|(c, rt)| StoreStatus {
+                    channel: *c,
+                    disk_bytes: rt.store.disk_bytes(),
+                    failed: rt.store.healthy().err(),
+                })
                 .collect(),
         }
     }

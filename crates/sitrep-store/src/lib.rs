@@ -124,6 +124,17 @@ pub struct Copy {
     pub serves: Vec<NodeId>,
 }
 
+impl Copy {
+    /// One copy per next hop of a routing plan (next hop → the recipients
+    /// that copy serves, as `sitrep_core::routing::Plan::copies`).
+    pub fn per_hop(copies: impl IntoIterator<Item = (NodeId, Vec<NodeId>)>) -> Vec<Self> {
+        copies
+            .into_iter()
+            .map(|(next_hop, serves)| Self { next_hop, serves })
+            .collect()
+    }
+}
+
 /// Take custody of a message: check it was never seen, record its id for
 /// dedup, keep the envelope, queue copies and/or deliver it to the inbox,
 /// and start delivery tracking at the origin. All or nothing.

@@ -414,10 +414,10 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         let mut results = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let r = eval_job(inner, &mut group, &job.ops, &mut counters);
-            if let Ok((_, record)) = &r {
-                records.push(record.clone());
-            }
-            results.push(r.map(|(outcomes, _)| outcomes));
+            results.push(r.map(|(outcomes, record)| {
+                records.push(record);
+                outcomes
+            }));
         }
         // Durable first (one fdatasync), visible second, answered last.
         let committed = commit(inner, group, &records);

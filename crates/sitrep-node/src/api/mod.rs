@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -44,6 +44,8 @@ struct ApiState {
     /// SHA-256 of each token → role: compared as digests, so the comparison
     /// time says nothing about the token.
     tokens: Arc<Vec<([u8; 32], Role)>>,
+    /// `/v1/openapi.json`, serialized once at start.
+    openapi: axum::body::Bytes,
 }
 
 #[derive(OpenApi)]
@@ -98,8 +100,12 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     cancel: CancellationToken,
 ) -> Result<(), NodeError> {
+    let (app, doc) = router();
+    let openapi = serde_json::to_vec(&doc)
+        .map_err(|e| NodeError::Task(format!("HTTP API: cannot serialize the OpenAPI document: {e}")))?;
     let state = ApiState {
         service,
+        openapi: openapi.into(),
         tokens: Arc::new(
             api.tokens
                 .iter()
@@ -107,7 +113,6 @@ pub(crate) async fn serve(
                 .collect(),
         ),
     };
-    let (app, _) = router();
     let app = app.layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state);
     tracing::info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
     axum::serve(listener, app)
@@ -119,8 +124,8 @@ pub(crate) async fn serve(
 /// `GET /v1/openapi.json`: this description.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 description of this API", content_type = "application/json")))]
-async fn openapi_json() -> Response {
-    Json(openapi()).into_response()
+async fn openapi_json(State(state): State<ApiState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi).into_response()
 }
 
 /// One invalid field.

@@ -147,16 +147,12 @@ impl StatusDocument {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
             stores: s
-                .disk
+                .stores
                 .iter()
-                .map(|(c, b)| StoreView {
-                    channel: c.as_str().to_owned(),
-                    disk_bytes: *b,
-                    failed: s
-                        .store_health
-                        .iter()
-                        .find(|(h, _)| h == c)
-                        .and_then(|(_, r)| r.clone().err()),
+                .map(|st| StoreView {
+                    channel: st.channel.as_str().to_owned(),
+                    disk_bytes: st.disk_bytes,
+                    failed: st.failed.clone(),
                 })
                 .collect(),
         }
@@ -238,9 +234,11 @@ fn exposition(s: &StatusSnapshot, counters: &Counters) -> Result<String, std::fm
         );
     }
     let disk = Family::<ChannelLabels, Gauge>::default();
-    for (c, b) in &s.disk {
-        disk.get_or_create(&ChannelLabels { channel: c.as_str() })
-            .set(i64::try_from(*b).unwrap_or(i64::MAX));
+    for st in &s.stores {
+        disk.get_or_create(&ChannelLabels {
+            channel: st.channel.as_str(),
+        })
+        .set(i64::try_from(st.disk_bytes).unwrap_or(i64::MAX));
     }
     let cert = Family::<ChannelLabels, FloatGauge>::default();
     for (c, t) in &s.certificates {
