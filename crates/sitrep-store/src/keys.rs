@@ -12,6 +12,7 @@
 //! | `x` | expires id | () (message expiry index) |
 //! | `n` | cursor | inbox entry |
 //! | `s` | id recipient | delivery record |
+//! | `L` | segment (u64 BE) | u64 count of index entries whose envelope is in that log segment |
 //! | `c` | name | u64 counter |
 
 use sitrep_core::{MessageId, NodeId, Precedence};
@@ -98,6 +99,11 @@ pub(crate) fn u64_at(key: &[u8], at: usize) -> Option<u64> {
     key.get(at..at + 8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
+}
+
+/// The live count of a log segment.
+pub(crate) fn live(segment: u64) -> Vec<u8> {
+    [&b"L"[..], &segment.to_be_bytes()].concat()
 }
 
 #[cfg(test)]

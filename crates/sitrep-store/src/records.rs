@@ -4,11 +4,10 @@ use sitrep_core::{MessageId, NodeId, Precedence};
 
 use crate::StoreError;
 
-/// `m` + id: a message this node must still forward.
+/// `m` + id: a message this node must still forward. Its envelope is in
+/// the segment log, in the record of the job that took it in.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct MessageRecord {
-    #[prost(bytes = "vec", tag = "1")]
-    pub(crate) envelope: Vec<u8>,
     /// Outbox copies that still need it.
     #[prost(uint32, tag = "2")]
     pub(crate) refs: u32,
@@ -18,6 +17,19 @@ pub(crate) struct MessageRecord {
     pub(crate) precedence: i32,
     #[prost(uint32, tag = "5")]
     pub(crate) hop_count: u32,
+    /// Where the envelope is: the log record of the ingest job.
+    #[prost(message, optional, tag = "6")]
+    pub(crate) body: Option<BodyPb>,
+}
+
+/// A log position, in the index. `segment == u64::MAX` while the record's
+/// group is being written (its position is filled in before the index is).
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub(crate) struct BodyPb {
+    #[prost(uint64, tag = "1")]
+    pub(crate) segment: u64,
+    #[prost(uint32, tag = "2")]
+    pub(crate) offset: u32,
 }
 
 /// `o` key's value: one queued copy.
@@ -47,15 +59,16 @@ pub(crate) struct AgeRecord {
     pub(crate) bytes: u64,
 }
 
-/// `n` + cursor.
+/// `n` + cursor. The envelope is in the segment log.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct InboxRecord {
     #[prost(bytes = "vec", tag = "1")]
     pub(crate) id: Vec<u8>,
-    #[prost(bytes = "vec", tag = "2")]
-    pub(crate) envelope: Vec<u8>,
     #[prost(int64, tag = "3")]
     pub(crate) received_ms: i64,
+    /// Where the envelope is: the log record of the ingest job.
+    #[prost(message, optional, tag = "4")]
+    pub(crate) body: Option<BodyPb>,
 }
 
 /// `s` + id + recipient.
@@ -188,6 +201,11 @@ pub(crate) struct OpPb {
     pub(crate) node: String,
     #[prost(string, tag = "12")]
     pub(crate) reason: String,
+    /// `INGEST` with `inbox`: the inbox cursor it was given, so that a
+    /// rebuild from a log whose older segments were reclaimed gives every
+    /// entry its cursor again (0 in records that predate the field).
+    #[prost(uint64, tag = "13")]
+    pub(crate) cursor: u64,
 }
 
 /// One [`crate::Copy`].

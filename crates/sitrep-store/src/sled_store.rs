@@ -1,8 +1,8 @@
 //! The sled implementation of [`Storage`]: a segment log for durability, one sled tree as its index, one writer thread with group commit, lock-free reads.
 //!
-//! Envelope bodies are still kept inline in sled (and in the log records):
-//! moving them into the log only, with sled holding their positions, is the
-//! next step of the wiring.
+//! Envelope bodies live only in the log (in the record of the job that took
+//! them in); the index holds their positions and a live count per segment,
+//! and a sealed segment with no live entry is deleted.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,9 +14,10 @@ use sitrep_core::{MessageId, NodeId, Precedence};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keys;
-use crate::log::{Dir, Log, LogConfig, OsDir, Position};
+use crate::log::{Dir, Log, LogConfig, LogError, OsDir, Position};
 use crate::records::{
-    AgeRecord, CopyPb, DeliveryPb, InboxRecord, JobPb, MessageRecord, OpPb, OutboxRecord, decode, op_kind,
+    AgeRecord, BodyPb, CopyPb, DeliveryPb, InboxRecord, JobPb, MessageRecord, OpPb, OutboxRecord, decode,
+    op_kind,
 };
 use crate::{
     BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued,
@@ -47,6 +48,13 @@ const RECORD_JOB: u8 = 1;
 /// The index key holding the log position just after the last record
 /// applied to sled: replay starts there.
 const APPLIED_KEY: &str = "log.applied";
+/// The index key holding the index layout's version; an index without it
+/// (or with another) is rebuilt from the log at open.
+const VERSION_KEY: &str = "index.version";
+/// 2: envelopes in the log only, positions and live counts in the index.
+const INDEX_VERSION: u64 = 2;
+/// A body position not known yet (its group is being written).
+const PENDING_SEGMENT: u64 = u64::MAX;
 /// Where the segment log lives in a store's directory.
 const LOG_DIR: &str = "log";
 /// Where the sled index lives in a store's directory; deleting it makes
@@ -68,6 +76,11 @@ struct Inner {
     db: sled::Db,
     log: Log,
     path: String,
+    index_dir: std::path::PathBuf,
+    /// Whether sealed segments with nothing live are deleted.
+    reclaim: std::sync::atomic::AtomicBool,
+    /// Segments deleted since open.
+    reclaimed: std::sync::atomic::AtomicU64,
     /// The first storage failure; once set, every write is refused.
     failed: Mutex<Option<String>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -143,13 +156,31 @@ impl SledStore {
             .flush_every_ms(Some(INDEX_FLUSH_MS))
             .open()
             .map_err(db_err)?;
+        let version = db
+            .get(keys::counter(VERSION_KEY))
+            .map_err(db_err)?
+            .as_deref()
+            .map(read_u64);
+        if version != Some(INDEX_VERSION) {
+            if !db.is_empty() {
+                tracing::warn!(
+                    store = %path,
+                    found = version.unwrap_or(1),
+                    want = INDEX_VERSION,
+                    "index in another layout: rebuilding it from the log"
+                );
+                db.clear().map_err(db_err)?;
+            }
+            db.insert(keys::counter(VERSION_KEY), &INDEX_VERSION.to_be_bytes())
+                .map_err(db_err)?;
+        }
         let applied = read_applied(&db, &path)?;
         let replayed = replay(&db, &log, &path, applied)?;
         tracing::info!(
             store = %path,
             from = %applied,
             replayed,
-            log_records = recovery.records,
+            tail_records = recovery.records,
             segments = recovery.segments,
             truncated_at = recovery.truncated.map(|t| t.at.to_string()),
             truncated_bytes = recovery.truncated.map(|t| t.bytes),
@@ -174,11 +205,18 @@ impl SledStore {
             db,
             log,
             path: path.clone(),
+            index_dir: dir.join(INDEX_DIR),
+            reclaim: std::sync::atomic::AtomicBool::new(true),
+            reclaimed: std::sync::atomic::AtomicU64::new(0),
             failed: Mutex::new(None),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
             totals: Mutex::new(totals),
         });
+        let reclaimed = reclaim(&inner).map_err(|reason| failed(&inner, &reason))?;
+        if reclaimed > 0 {
+            tracing::info!(store = %path, segments = reclaimed, "log segments reclaimed at open");
+        }
         let for_writer = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("sitrep-store-writer".into())
@@ -209,6 +247,46 @@ impl SledStore {
             path: self.inner.path.clone(),
             source,
         }
+    }
+
+    /// The envelope of `id` at `body`, from the log; `None` if its segment
+    /// was reclaimed (the entry was removed after the caller read it).
+    fn body(&self, key: &[u8], id: &MessageId, body: Option<BodyPb>) -> Result<Option<Vec<u8>>> {
+        let Some(b) = body.filter(|b| b.segment != PENDING_SEGMENT) else {
+            return Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).escape_default().to_string(),
+                detail: "no envelope position".into(),
+            });
+        };
+        let pos = Position {
+            segment: b.segment,
+            offset: b.offset,
+        };
+        match self.inner.log.read(pos) {
+            Ok((_, payload)) => envelope_in(pos, &payload, id).map(Some),
+            Err(LogError::NoRecord { .. }) => Ok(None),
+            Err(source) => Err(StoreError::Log {
+                path: self.inner.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Stops (`false`) or restarts the deletion of log segments that
+    /// nothing needs; for tests that keep an old copy of the index.
+    #[doc(hidden)]
+    pub fn set_reclaim(&self, on: bool) {
+        self.inner.reclaim.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Log segments on disk now (the last is the one appends go to).
+    pub fn log_segments(&self) -> usize {
+        self.inner.log.segments().len()
+    }
+
+    /// Log segments deleted since open because nothing in them was live.
+    pub fn reclaimed_segments(&self) -> u64 {
+        self.inner.reclaimed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Applies `ops` and waits for durability, from a thread that is not
@@ -260,9 +338,13 @@ impl Storage for SledStore {
                 continue;
             };
             let m: MessageRecord = decode(&mk, &m)?;
+            let Some(envelope) = self.body(&mk, &id, m.body)? else {
+                // Raced with a writer that removed it and reclaimed its segment.
+                continue;
+            };
             out.push(Queued {
                 id,
-                envelope: m.envelope,
+                envelope,
                 serves: rec.serves.iter().filter_map(|s| NodeId::new(s).ok()).collect(),
                 hop_count: m.hop_count,
                 precedence: Precedence::from_proto(m.precedence).unwrap_or(Precedence::Routine),
@@ -288,10 +370,15 @@ impl Storage for SledStore {
                 break;
             }
             let rec: InboxRecord = decode(&k, &v)?;
+            let id = parse_id(&k, &rec.id)?;
+            let envelope = self.body(&k, &id, rec.body)?.ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).escape_default().to_string(),
+                detail: "the log segment holding its envelope is gone".into(),
+            })?;
             out.push(InboxEntry {
                 cursor: keys::u64_at(&k, 1).unwrap_or(0),
-                id: parse_id(&k, &rec.id)?,
-                envelope: rec.envelope,
+                id,
+                envelope,
                 received_ms: rec.received_ms,
             });
         }
@@ -393,6 +480,7 @@ impl Counters {
 }
 
 fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
+    let mut last_active = inner.log.tail().segment;
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -413,7 +501,7 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         let mut records = Vec::with_capacity(jobs.len());
         let mut results = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let r = eval_job(inner, &mut group, &job.ops, &mut counters);
+            let r = eval_job(inner, &mut group, &job.ops, &mut counters, records.len());
             results.push(r.map(|(outcomes, record)| {
                 records.push(record);
                 outcomes
@@ -421,7 +509,17 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         }
         // Durable first (one fdatasync), visible second, answered last.
         let committed = commit(inner, group, &records);
-        if let Err(reason) = &committed {
+        // The group is durable and applied whatever happens next; a failed
+        // reclamation stops only the writes after it.
+        let reclaimed = match &committed {
+            // A segment may have emptied (an entry released) or been sealed.
+            Ok(emptied) if *emptied || inner.log.tail().segment != last_active => {
+                last_active = inner.log.tail().segment;
+                reclaim(inner).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        if let Err(reason) = committed.clone().map(|_| ()).and(reclaimed) {
             tracing::error!(store = %inner.path, error = %reason, "store refuses writes from now on");
             let mut f = lock(&inner.failed);
             if f.is_none() {
@@ -430,7 +528,7 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         }
         for (job, result) in jobs.into_iter().zip(results) {
             let answer = match &committed {
-                Ok(()) => result,
+                Ok(_) => result,
                 Err(reason) => Err(failed(inner, reason)),
             };
             // The caller may have gone away (shutdown); its data is durable anyway.
@@ -450,16 +548,22 @@ fn failed(inner: &Inner, reason: &str) -> StoreError {
 }
 
 /// Appends the group's records to the log (one fdatasync), then applies
-/// its writes to sled in one batch with the new `log.applied`. `Err` means
-/// the store must refuse writes from now on: the log is poisoned, or the
-/// index no longer matches it until a reopen replays.
-fn commit(inner: &Inner, group: Group, records: &[Vec<u8>]) -> std::result::Result<(), String> {
+/// its writes to sled in one batch with the new `log.applied`, and says
+/// whether a segment's live count went to zero. `Err` means the store must
+/// refuse writes from now on: the log is poisoned, or the index no longer
+/// matches it until a reopen replays.
+fn commit(inner: &Inner, mut group: Group, records: &[Vec<u8>]) -> std::result::Result<bool, String> {
     if records.is_empty() {
         // Every job failed on its own (duplicates, ...): nothing to write.
-        return Ok(());
+        return Ok(false);
     }
     let batch: Vec<(u8, &[u8])> = records.iter().map(|r| (RECORD_JOB, r.as_slice())).collect();
-    inner.log.append(&batch).map_err(|e| e.to_string())?;
+    let positions = inner.log.append(&batch).map_err(|e| e.to_string())?;
+    group.fill_positions(&inner.db, &positions)?;
+    let emptied = group
+        .pending
+        .iter()
+        .any(|(k, v)| v.is_none() && k.first() == Some(&b'L'));
     let applied = inner.log.tail();
     apply_group(&inner.db, group.pending, applied).map_err(|e| format!("index update failed: {e}"))?;
     let mut totals = lock(&inner.totals);
@@ -471,7 +575,66 @@ fn commit(inner: &Inner, group: Group, records: &[Vec<u8>]) -> std::result::Resu
             totals.remove(&hop);
         }
     }
-    Ok(())
+    Ok(emptied)
+}
+
+/// Deletes every sealed log segment that no index entry points into, and
+/// returns how many. Before the first removal it makes the index durable
+/// (sled's flush, then an fsync of each of its files and its directory), so
+/// that no state of the index a power cut can bring back points into a
+/// removed segment or replays from before one. `Err` means the store must
+/// refuse writes from now on.
+fn reclaim(inner: &Inner) -> std::result::Result<usize, String> {
+    if !inner.reclaim.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(0);
+    }
+    let segments = inner.log.segments();
+    let Some((_active, sealed)) = segments.split_last() else {
+        return Ok(0);
+    };
+    let mut dead = Vec::new();
+    for &segment in sealed {
+        if !inner
+            .db
+            .contains_key(keys::live(segment))
+            .map_err(|e| format!("index read failed: {e}"))?
+        {
+            dead.push(segment);
+        }
+    }
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    inner
+        .db
+        .flush()
+        .map_err(|e| format!("index flush before reclaiming log segments failed: {e}"))?;
+    sync_tree(&inner.index_dir).map_err(|e| {
+        format!(
+            "fsync of the index in {} before reclaiming log segments failed: {e}",
+            inner.index_dir.display()
+        )
+    })?;
+    for &segment in &dead {
+        inner.log.remove_segment(segment).map_err(|e| e.to_string())?;
+        inner.reclaimed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::debug!(store = %inner.path, segments = dead.len(), "log segments reclaimed");
+    Ok(dead.len())
+}
+
+/// fsyncs every file under `dir` (sled's files, one level of
+/// subdirectories) and the directories themselves.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// One sled batch: the writes plus the log position they bring the index to.
@@ -549,9 +712,20 @@ fn replay(db: &sled::Db, log: &Log, path: &str, from: Position) -> Result<u64> {
                     detail: format!("unknown record kind {kind}"),
                 });
             }
-            let ops = decode_job(pos, payload)?;
-            match eval_job_in(db, path, &mut group, &ops, &mut counters) {
-                Ok(_) => Ok(()),
+            let (ops, cursors) = decode_job(pos, payload)?;
+            match eval_job_in(
+                db,
+                path,
+                &group.pending,
+                &ops,
+                &cursors,
+                &mut counters,
+                BodyAt::Known(pos),
+            ) {
+                Ok(ev) => {
+                    group.merge(ev, 0);
+                    Ok(())
+                }
                 // Only jobs that passed were logged, against this same
                 // state: a duplicate means the index already has it.
                 Err(StoreError::Duplicate(id)) => {
@@ -582,11 +756,14 @@ fn replay(db: &sled::Db, log: &Log, path: &str, from: Position) -> Result<u64> {
     Ok(replayed)
 }
 
-fn encode_job(ops: &[Op]) -> Vec<u8> {
+/// One job as a log record; `cursors` holds, per op, the inbox cursor it
+/// was given (0: none; missing entries count as 0).
+fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
     let strings = |v: &[NodeId]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     let ops = ops
         .iter()
-        .map(|op| match op {
+        .enumerate()
+        .map(|(n, op)| match op {
             Op::Ingest(i) => OpPb {
                 kind: op_kind::INGEST,
                 id: i.id.as_bytes().to_vec(),
@@ -605,6 +782,7 @@ fn encode_job(ops: &[Op]) -> Vec<u8> {
                     .collect(),
                 inbox: i.inbox,
                 track: strings(&i.track),
+                cursor: cursors.get(n).copied().unwrap_or(0),
                 ..OpPb::default()
             },
             Op::Forwarded { id, next_hop, now_ms } => OpPb {
@@ -648,7 +826,8 @@ fn encode_job(ops: &[Op]) -> Vec<u8> {
     JobPb { ops }.encode_to_vec()
 }
 
-fn decode_job(pos: Position, payload: &[u8]) -> Result<Vec<Op>> {
+/// A log record back as a job, with the inbox cursor each op was given.
+fn decode_job(pos: Position, payload: &[u8]) -> Result<(Vec<Op>, Vec<u64>)> {
     let key = format!("log record {pos}");
     let corrupt = |detail: String| StoreError::Corrupt {
         key: key.clone(),
@@ -658,7 +837,9 @@ fn decode_job(pos: Position, payload: &[u8]) -> Result<Vec<Op>> {
     let node = |s: &str| NodeId::new(s).map_err(|e| corrupt(format!("node id {s:?}: {e}")));
     let nodes = |v: &[String]| v.iter().map(|s| node(s)).collect::<Result<Vec<_>>>();
     let id = |b: &[u8]| MessageId::from_slice(b).map_err(|len| corrupt(format!("message id of {len} bytes")));
-    job.ops
+    let cursors = job.ops.iter().map(|op| op.cursor).collect();
+    let ops = job
+        .ops
         .into_iter()
         .map(|op| {
             Ok(match op.kind {
@@ -703,7 +884,24 @@ fn decode_job(pos: Position, payload: &[u8]) -> Result<Vec<Op>> {
                 k => return Err(corrupt(format!("unknown op kind {k}"))),
             })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((ops, cursors))
+}
+
+/// The envelope of message `id` in the job record `payload`.
+fn envelope_in(pos: Position, payload: &[u8], id: &MessageId) -> Result<Vec<u8>> {
+    let key = format!("log record {pos}");
+    let job: JobPb = decode(key.as_bytes(), payload)?;
+    job.ops
+        .into_iter()
+        .find(|op| op.kind == op_kind::INGEST && op.id == id.as_bytes())
+        .map(|op| op.envelope)
+        .ok_or_else(|| StoreError::Corrupt {
+            key,
+            detail: format!(
+                "the index points here for the envelope of {id}, but the record does not take it in"
+            ),
+        })
 }
 
 /// The writes of a group's jobs that passed, not yet in sled.
@@ -711,6 +909,67 @@ fn decode_job(pos: Position, payload: &[u8]) -> Result<Vec<Op>> {
 struct Group {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     deltas: Vec<(NodeId, i64, i64)>,
+    /// (record slot in the batch, index key) whose envelope position is
+    /// that record's, filled in once the batch is appended.
+    patches: Vec<(usize, Vec<u8>)>,
+}
+
+impl Group {
+    fn merge(&mut self, ev: Evaluated, slot: usize) -> Vec<Outcome> {
+        self.pending.extend(ev.pending);
+        self.deltas.extend(ev.deltas);
+        self.patches.extend(ev.patches.into_iter().map(|k| (slot, k)));
+        ev.outcomes
+    }
+
+    /// Writes the positions the append gave into the entries that point at
+    /// them, and counts each live in its segment. An entry that a later
+    /// job of the group already removed needs neither.
+    fn fill_positions(&mut self, db: &sled::Db, positions: &[Position]) -> std::result::Result<(), String> {
+        for (slot, key) in std::mem::take(&mut self.patches) {
+            let pos = *positions
+                .get(slot)
+                .ok_or_else(|| format!("no log position for record {slot} of the group"))?;
+            let body = Some(BodyPb {
+                segment: pos.segment,
+                offset: pos.offset,
+            });
+            let Some(Some(value)) = self.pending.get_mut(&key) else {
+                continue;
+            };
+            let bad = |e: StoreError| e.to_string();
+            *value = match key.first() {
+                Some(b'm') => {
+                    let mut m: MessageRecord = decode(&key, value).map_err(bad)?;
+                    m.body = body;
+                    m.encode_to_vec()
+                }
+                Some(b'n') => {
+                    let mut n: InboxRecord = decode(&key, value).map_err(bad)?;
+                    n.body = body;
+                    n.encode_to_vec()
+                }
+                _ => return Err(format!("no envelope position in index key {key:?}")),
+            };
+            let lk = keys::live(pos.segment);
+            let count = match self.pending.get(&lk) {
+                Some(Some(v)) => read_u64(v),
+                Some(None) => 0,
+                None => db
+                    .get(&lk)
+                    .map_err(|e| e.to_string())?
+                    .as_deref()
+                    .map_or(0, read_u64),
+            };
+            self.pending.insert(lk, Some((count + 1).to_be_bytes().to_vec()));
+        }
+        Ok(())
+    }
+}
+
+/// A big-endian u64 value (0 if it is not 8 bytes).
+fn read_u64(v: &[u8]) -> u64 {
+    v.try_into().map_or(0, u64::from_be_bytes)
 }
 
 /// Pending writes of one job over the index and its group: reads see
@@ -721,6 +980,17 @@ struct Tx<'a> {
     group: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     deltas: Vec<(NodeId, i64, i64)>,
+    body: BodyAt,
+    patches: Vec<Vec<u8>>,
+}
+
+/// Where the log record of the job being evaluated is.
+#[derive(Debug, Clone, Copy)]
+enum BodyAt {
+    /// Replay: its position.
+    Known(Position),
+    /// The writer: not appended yet; positions are filled in after.
+    Pending,
 }
 
 impl<'a> Tx<'a> {
@@ -748,6 +1018,52 @@ impl<'a> Tx<'a> {
 
     fn del(&mut self, key: Vec<u8>) {
         self.pending.insert(key, None);
+    }
+
+    /// The envelope position for index entry `key`: the job's record. In
+    /// the writer a placeholder, noted to be filled in (and counted live)
+    /// after the append; in replay, counted live at once.
+    fn body_of(&mut self, key: &[u8]) -> Result<BodyPb> {
+        Ok(match self.body {
+            BodyAt::Known(pos) => {
+                self.live_add(pos.segment, 1)?;
+                BodyPb {
+                    segment: pos.segment,
+                    offset: pos.offset,
+                }
+            }
+            BodyAt::Pending => {
+                self.patches.push(key.to_vec());
+                BodyPb {
+                    segment: PENDING_SEGMENT,
+                    offset: 0,
+                }
+            }
+        })
+    }
+
+    /// An index entry that pointed at `body` is gone.
+    fn release_body(&mut self, body: Option<BodyPb>) -> Result<()> {
+        match body {
+            // Taken in by this same group: never counted.
+            Some(b) if b.segment != PENDING_SEGMENT => self.live_add(b.segment, -1),
+            _ => Ok(()),
+        }
+    }
+
+    fn live_add(&mut self, segment: u64, delta: i64) -> Result<()> {
+        let key = keys::live(segment);
+        let count = self
+            .get(&key)?
+            .as_deref()
+            .map_or(0, read_u64)
+            .saturating_add_signed(delta);
+        if count == 0 {
+            self.del(key);
+        } else {
+            self.put(key, count.to_be_bytes().to_vec());
+        }
+        Ok(())
     }
 
     /// Keys and values under `prefix`, earlier writes of the group and this job included.
@@ -803,47 +1119,82 @@ impl<'a> Tx<'a> {
 
 /// Checks one job against the index and its group and, if it passes, adds
 /// its writes to the group and returns its outcomes and its log record.
+/// `slot` is the job's place in the group's batch of records: its envelope
+/// positions are filled in from it once the batch is appended.
 fn eval_job(
     inner: &Inner,
     group: &mut Group,
     ops: &[Op],
     counters: &mut Counters,
+    slot: usize,
 ) -> Result<(Vec<Outcome>, Vec<u8>)> {
-    let record = encode_job(ops);
+    let start = Counters {
+        seq: counters.seq,
+        cursor: counters.cursor,
+    };
+    let ev = eval_job_in(
+        &inner.db,
+        &inner.path,
+        &group.pending,
+        ops,
+        &[],
+        counters,
+        BodyAt::Pending,
+    )?;
+    let record = encode_job(ops, &ev.assigned);
     let max = inner.log.config().max_payload();
     if record.len() > max {
+        *counters = start;
         return Err(StoreError::TooLarge {
             len: record.len(),
             max,
         });
     }
-    let outcomes = eval_job_in(&inner.db, &inner.path, group, ops, counters)?;
-    Ok((outcomes, record))
+    Ok((group.merge(ev, slot), record))
 }
 
+/// The writes and answers of one job that passed, not yet in its group.
+struct Evaluated {
+    outcomes: Vec<Outcome>,
+    pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    deltas: Vec<(NodeId, i64, i64)>,
+    /// Keys whose envelope position is the job's record (writer only).
+    patches: Vec<Vec<u8>>,
+    /// Per op, the inbox cursor it was given (0: none).
+    assigned: Vec<u64>,
+}
+
+/// Evaluates `ops` over the index and `group`; `recorded` holds, per op,
+/// the inbox cursor a log record says it was given (replay), or is empty.
 fn eval_job_in(
     db: &sled::Db,
     path: &str,
-    group: &mut Group,
+    group: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ops: &[Op],
+    recorded: &[u64],
     counters: &mut Counters,
-) -> Result<Vec<Outcome>> {
+    body: BodyAt,
+) -> Result<Evaluated> {
     let mut tx = Tx {
         db,
         path,
-        group: &group.pending,
+        group,
         pending: BTreeMap::new(),
         deltas: Vec::new(),
+        body,
+        patches: Vec::new(),
     };
     let start = Counters {
         seq: counters.seq,
         cursor: counters.cursor,
     };
     let mut outcomes = Vec::with_capacity(ops.len());
+    let mut assigned = Vec::with_capacity(ops.len());
     let result = (|| {
-        for op in ops {
+        for (n, op) in ops.iter().enumerate() {
+            let cursor_before = counters.cursor;
             outcomes.push(match op {
-                Op::Ingest(i) => ingest(&mut tx, i, counters)?,
+                Op::Ingest(i) => ingest(&mut tx, i, counters, recorded.get(n).copied().unwrap_or(0))?,
                 Op::Forwarded { id, next_hop, now_ms } => {
                     settle(&mut tx, id, next_hop, DeliveryState::Forwarded, "", *now_ms)?
                 }
@@ -860,6 +1211,11 @@ fn eval_job_in(
                 } => delivered(&mut tx, id, recipient, *delivered_ms)?,
                 Op::ExpireDue { now_ms } => expire_due(&mut tx, *now_ms)?,
             });
+            assigned.push(if counters.cursor == cursor_before {
+                0
+            } else {
+                counters.cursor
+            });
         }
         Ok(())
     })();
@@ -874,13 +1230,22 @@ fn eval_job_in(
     if counters.cursor != start.cursor {
         tx.put(keys::counter("cursor"), counters.cursor.to_be_bytes().to_vec());
     }
-    let Tx { pending, deltas, .. } = tx;
-    group.pending.extend(pending);
-    group.deltas.extend(deltas);
-    Ok(outcomes)
+    let Tx {
+        pending,
+        deltas,
+        patches,
+        ..
+    } = tx;
+    Ok(Evaluated {
+        outcomes,
+        pending,
+        deltas,
+        patches,
+        assigned,
+    })
 }
 
-fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters) -> Result<Outcome> {
+fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor: u64) -> Result<Outcome> {
     let dk = keys::dedup(&i.id);
     if tx.get(&dk)?.is_some() {
         return Err(StoreError::Duplicate(i.id));
@@ -890,14 +1255,15 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters) -> Result<Outcom
     tx.put(keys::dedup_expiry(retain_until, &i.id), Vec::new());
     let bytes = i.envelope.len() as u64;
     if !i.copies.is_empty() {
+        let mk = keys::message(&i.id);
         let record = MessageRecord {
-            envelope: i.envelope.clone(),
             refs: u32::try_from(i.copies.len()).unwrap_or(u32::MAX),
             expires_ms: i.expires_ms,
             precedence: i.precedence.to_proto() as i32,
             hop_count: i.hop_count,
+            body: Some(tx.body_of(&mk)?),
         };
-        tx.put(keys::message(&i.id), record.encode_to_vec());
+        tx.put(mk, record.encode_to_vec());
         tx.put(keys::expiry(i.expires_ms, &i.id), Vec::new());
         for copy in &i.copies {
             counters.seq += 1;
@@ -925,13 +1291,16 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters) -> Result<Outcom
         }
     }
     if i.inbox {
-        counters.cursor += 1;
+        // The cursor the record says it was given (a rebuild after older
+        // segments were reclaimed), never one handed out before.
+        counters.cursor = recorded_cursor.max(counters.cursor + 1);
+        let nk = keys::inbox(counters.cursor);
         let rec = InboxRecord {
             id: i.id.as_bytes().to_vec(),
-            envelope: i.envelope.clone(),
             received_ms: i.now_ms,
+            body: Some(tx.body_of(&nk)?),
         };
-        tx.put(keys::inbox(counters.cursor), rec.encode_to_vec());
+        tx.put(nk, rec.encode_to_vec());
     }
     if !i.track.is_empty() {
         for r in &i.track {
@@ -972,6 +1341,7 @@ fn remove_copy(tx: &mut Tx<'_>, id: &MessageId, hop: &NodeId) -> Result<Option<V
         let mut m: MessageRecord = decode(&mk, &raw)?;
         m.refs = m.refs.saturating_sub(1);
         if m.refs == 0 {
+            tx.release_body(m.body)?;
             tx.del(keys::expiry(m.expires_ms, id));
             tx.del(mk);
         } else {
@@ -1072,7 +1442,12 @@ fn expire_due(tx: &mut Tx<'_>, now_ms: i64) -> Result<Outcome> {
             }
         }
         tx.del(xk);
-        tx.del(keys::message(&id));
+        let mk = keys::message(&id);
+        if let Some(raw) = tx.get(&mk)? {
+            let m: MessageRecord = decode(&mk, &raw)?;
+            tx.release_body(m.body)?;
+            tx.del(mk);
+        }
         expired.push((id, hops));
     }
     // Tracked deliveries still open at expiry.
@@ -1180,11 +1555,18 @@ mod tests {
     proptest! {
         #[test]
         fn a_job_record_decodes_to_the_same_job(ops in proptest::collection::vec(op(), 0..5)) {
-            let bytes = encode_job(&ops);
-            let back = decode_job(Position::START, &bytes).expect("own encoding decodes");
+            let cursors: Vec<u64> = (0..ops.len() as u64).map(|n| n * 7).collect();
+            let bytes = encode_job(&ops, &cursors);
+            let (back, back_cursors) = decode_job(Position::START, &bytes).expect("own encoding decodes");
             // `Op` has no `PartialEq`: compare the debug forms and the re-encoding.
             prop_assert_eq!(format!("{ops:?}"), format!("{back:?}"));
-            prop_assert_eq!(encode_job(&back), bytes);
+            let want: Vec<u64> = ops
+                .iter()
+                .zip(&cursors)
+                .map(|(op, c)| if matches!(op, Op::Ingest(_)) { *c } else { 0 })
+                .collect();
+            prop_assert_eq!(&back_cursors, &want);
+            prop_assert_eq!(encode_job(&back, &back_cursors), bytes);
         }
 
         #[test]

@@ -36,17 +36,19 @@
 //!
 //! # Recovery
 //!
-//! [`Log::open`] reads every segment in order and checks every record. In
-//! the last segment the first record that is torn, damaged or zero is the
+//! [`Log::open`] lists the segments and reads only the **last** one, so
+//! that a start takes the same time whatever the log holds. Every segment
+//! but the last was synced whole before its successor existed; its records
+//! are checked when they are read or replayed, and [`Log::verify`] checks
+//! them all (a bad record there is corruption of acknowledged data:
+//! [`LogError::Corrupt`] naming the file and offset; nothing is dropped).
+//! In the last segment the first record that is torn, damaged or zero is the
 //! **tail**: whatever lies after it was never acknowledged, and is zeroed
 //! and synced so that a later append is never followed by stale records
 //! that could pass for its successors; [`Recovery::truncated`] reports it,
-//! and so does a `tracing` warning. In any other segment a bad record is
-//! corruption of acknowledged data: open fails with [`LogError::Corrupt`]
-//! naming the file and offset, and drops nothing. Open also syncs the last
-//! segment and the directory, so what it read back (perhaps written by a
-//! process killed before its own sync) is durable before anything is
-//! appended after it.
+//! and so does a `tracing` warning. Open also syncs the last segment and the
+//! directory, so what it read back (perhaps written by a process killed
+//! before its own sync) is durable before anything is appended after it.
 //!
 //! # Reclamation
 //!
@@ -173,7 +175,7 @@ impl fmt::Display for Position {
 pub struct Recovery {
     /// Segment files in the log.
     pub segments: usize,
-    /// Valid records in them (replay them with [`Log::replay`]).
+    /// Valid records in the last segment (the others are not read at open).
     pub records: u64,
     /// Where the next append goes.
     pub tail: Position,
@@ -503,7 +505,6 @@ impl Log {
         let mut segments = BTreeMap::new();
         let mut records = 0;
         let mut truncated = None;
-        let mut prev: Option<(u64, u64)> = None;
         let last = found.len() - 1;
         let mut tail = Position::START;
         for (i, (start, name)) in found.into_iter().enumerate() {
@@ -524,13 +525,6 @@ impl Log {
                 capacity: len,
                 end: AtomicU64::new(0),
             };
-            if let Some((prev_start, prev_end)) = prev.filter(|&(_, end)| start < end) {
-                return Err(corrupt(
-                    &seg,
-                    0,
-                    format!("it starts inside segment {prev_start}, whose records end at {prev_end}"),
-                ));
-            }
             if len > MAX_SEGMENT_BYTES {
                 return Err(corrupt(
                     &seg,
@@ -538,22 +532,17 @@ impl Log {
                     format!("{len} bytes is larger than a segment can be"),
                 ));
             }
-            let scanned = scan(&*seg.file, 0, len, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
             if i < last {
-                if let Stop::Bad { offset, detail } = scanned.stop {
-                    return Err(corrupt(&seg, offset, detail));
-                }
-                // A zeroed header would otherwise hide the records after it.
-                let stray = nonzero_after(&*seg.file, scanned.end, len, false, &counters)
-                    .map_err(io_error(&seg.path, "read"))?;
-                if let Some((offset, _)) = stray {
-                    return Err(corrupt(
-                        &seg,
-                        offset,
-                        format!("non-zero bytes after the end of its records at {}", scanned.end),
-                    ));
-                }
-            } else {
+                // Sealed: every byte was synced before the next segment
+                // existed. Not read here, so that open takes the same time
+                // whatever the log holds; each record is checked when it is
+                // read or replayed, and `verify` checks them all.
+                seg.end.store(len, Ordering::Release);
+                segments.insert(start, Arc::new(seg));
+                continue;
+            }
+            let scanned = scan(&*seg.file, 0, len, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
+            {
                 tail = Position {
                     segment: start,
                     offset: scanned.end as u32,
@@ -585,7 +574,6 @@ impl Log {
             }
             records += scanned.records;
             seg.end.store(scanned.end, Ordering::Release);
-            prev = Some((start, start + scanned.end));
             segments.insert(start, Arc::new(seg));
         }
         // Creates and removes a killed process did not sync are durable from here.
@@ -750,10 +738,11 @@ impl Log {
     /// # Errors
     /// [`LogError::NoRecord`] if its segment was removed or it is past the
     /// last acknowledged record; [`LogError::Corrupt`] if no valid record
-    /// starts there; [`LogError::Io`] if the read fails;
-    /// [`LogError::Poisoned`].
+    /// starts there; [`LogError::Io`] if the read fails. Reads go on after
+    /// the log is poisoned: a position handed out by a successful append is
+    /// still what was synced, so a store that refuses writes still serves
+    /// what it holds.
     pub fn read(&self, pos: Position) -> Result<(u8, Vec<u8>), LogError> {
-        self.check_poisoned()?;
         let seg = self
             .segments
             .read()
@@ -841,6 +830,56 @@ impl Log {
             }
         }
         Ok(visited)
+    }
+
+    /// Checks every record of every sealed segment, that nothing but zeros
+    /// follows a segment's records (a zeroed header would hide the records
+    /// after it) and that no segment starts inside the records of the one
+    /// before. Returns how many records there are. Open does not do this
+    /// (it reads only the last segment, so that a start takes the same time
+    /// whatever the log holds); reads and replays check each record they
+    /// touch.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] at the first damage, naming the file and
+    /// offset; [`LogError::Io`]; [`LogError::Poisoned`].
+    pub fn verify(&self) -> Result<u64, LogError> {
+        self.check_poisoned()?;
+        let segments: Vec<Arc<Segment>> = self
+            .segments
+            .read()
+            .map_err(|_| LogError::Poisoned)?
+            .values()
+            .cloned()
+            .collect();
+        let mut records = 0;
+        let mut prev: Option<(u64, u64)> = None;
+        for seg in segments {
+            if let Some((prev_start, prev_end)) = prev.filter(|&(_, end)| seg.start < end) {
+                return Err(corrupt(
+                    &seg,
+                    0,
+                    format!("it starts inside segment {prev_start}, whose records end at {prev_end}"),
+                ));
+            }
+            let limit = seg.end.load(Ordering::Acquire);
+            let scanned = scan(&*seg.file, 0, limit, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
+            if let Stop::Bad { offset, detail } = scanned.stop {
+                return Err(corrupt(&seg, offset, detail));
+            }
+            let stray = nonzero_after(&*seg.file, scanned.end, limit, false, &self.counters)
+                .map_err(io_error(&seg.path, "read"))?;
+            if let Some((offset, _)) = stray {
+                return Err(corrupt(
+                    &seg,
+                    offset,
+                    format!("non-zero bytes after the end of its records at {}", scanned.end),
+                ));
+            }
+            records += scanned.records;
+            prev = Some((seg.start, seg.start + scanned.end));
+        }
+        Ok(records)
     }
 
     /// Deletes the segment starting at `segment`, whose records the caller
@@ -1096,7 +1135,12 @@ mod tests {
         }
         drop(log);
         let (log, rec) = open(&sim.power_cut(2), SMALL);
-        assert_eq!((rec.segments, rec.records, rec.truncated), (4, 14, None));
+        assert_eq!((rec.segments, rec.truncated), (4, None));
+        assert_eq!(
+            rec.records,
+            want.iter().filter(|r| r.pos.segment == 12108).count() as u64
+        );
+        assert_eq!(log.verify().expect("verify"), 14);
         assert_eq!(replay_all(&log), want);
         assert_eq!(
             rec.tail,
@@ -1219,12 +1263,14 @@ mod tests {
             assert_eq!(log.segments(), [0, 4036]);
             sim
         };
-        // A flipped payload byte in record 2 of segment 0.
+        // A flipped payload byte in record 2 of segment 0: open does not
+        // read sealed segments; verify and replay find it.
         let sim = build();
         let file = segment_file(&sim, 0);
         file.write_at(1009 + 9 + 5, &[0xFF]).expect("write");
         file.sync_data().expect("sync");
-        match Log::open(Arc::new(sim), config(SMALL)) {
+        let (log, _) = open(&sim, SMALL);
+        match log.verify() {
             Err(
                 e @ LogError::Corrupt {
                     segment: 0,
@@ -1238,26 +1284,39 @@ mod tests {
             }
             other => panic!("expected Corrupt at 0+1009, got {other:?}"),
         }
+        assert!(matches!(
+            log.replay(Position::START, |_, _, _| {}),
+            Err(LogError::Corrupt {
+                segment: 0,
+                offset: 1009,
+                ..
+            })
+        ));
         // A zeroed header would hide the records after it: also corruption.
         let sim = build();
         let file = segment_file(&sim, 0);
         file.write_at(1009, &[0; 9]).expect("write");
         file.sync_data().expect("sync");
+        let (log, _) = open(&sim, SMALL);
         assert!(matches!(
-            Log::open(Arc::new(sim), config(SMALL)),
+            log.verify(),
             Err(LogError::Corrupt {
                 segment: 0,
                 offset: 1018,
                 ..
             })
         ));
+        // An undamaged log verifies.
+        let sim = build();
+        let (log, _) = open(&sim, SMALL);
+        assert_eq!(log.verify().expect("verify"), 6);
         // The same damage in the last segment is a torn tail.
         let sim = build();
         let file = segment_file(&sim, 4036);
         file.write_at(1009 + 9 + 5, &[0xFF]).expect("write");
         file.sync_data().expect("sync");
         let (log, rec) = open(&sim, SMALL);
-        assert_eq!(rec.records, 5);
+        assert_eq!(rec.records, 1);
         assert_eq!(
             rec.truncated.map(|t| t.at),
             Some(Position {
@@ -1295,7 +1354,11 @@ mod tests {
             // No retry of the sync, no carrying on.
             assert!(matches!(log.append(&[(5, b"x")]), Err(LogError::Poisoned)));
             assert!(matches!(log.append(&[]), Err(LogError::Poisoned)));
-            assert!(matches!(log.read(acked[0].pos), Err(LogError::Poisoned)));
+            // What was acknowledged stays readable.
+            assert_eq!(
+                log.read(acked[0].pos).ok().map(|r| r.1),
+                Some(acked[0].payload.clone())
+            );
             assert!(matches!(
                 log.replay(Position::START, |_, _, _| {}),
                 Err(LogError::Poisoned)
@@ -1422,7 +1485,8 @@ mod tests {
 
         let (log, rec) = Log::open(dir, config(bytes)).expect("reopen");
         assert_eq!(rec.truncated, None);
-        assert_eq!(rec.records, live.len() as u64);
+        assert_eq!(log.verify().expect("verify"), live.len() as u64);
+        assert!(rec.records <= live.len() as u64);
         assert_eq!(replay_all(&log), live);
         for r in &live {
             assert_eq!(log.read(r.pos).expect("read").1, r.payload);
@@ -1586,6 +1650,11 @@ mod tests {
                     cov.truncated += u64::from(rec.truncated.is_some());
                     let got = replay_all(&log);
                     check(seed, epoch, &got, &want, cov);
+                    assert_eq!(
+                        log.verify().ok(),
+                        Some(got.len() as u64),
+                        "seed {seed} epoch {epoch}: verify"
+                    );
                     want = Expect {
                         model: got,
                         ..Expect::default()
@@ -1612,6 +1681,7 @@ mod tests {
         cov.truncated += u64::from(rec.truncated.is_some());
         let got = replay_all(&log);
         check(seed, 99, &got, &want, cov);
+        assert_eq!(log.verify().ok(), Some(got.len() as u64), "seed {seed}: verify");
         let batch = vec![
             (1, b"after".to_vec()),
             (2, Vec::new()),
