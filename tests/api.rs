@@ -500,3 +500,118 @@ async fn the_openapi_description_lists_every_route_that_exists() {
     assert_eq!(region.call("GET", "/v1/nothing", None, None).await.0, 404);
     net.shutdown().await;
 }
+
+/// A failed fdatasync under the region's open store (injected into its
+/// segment log's directory): the report that met it is not acknowledged,
+/// every later one is refused, `/readyz` and `/v1/status` say why, and
+/// nothing of it was stored or forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fdatasync_makes_the_node_unready_and_acknowledges_nothing_after_it() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use sitrep_core::Channel;
+    use sitrep_store::log::{Dir, SimDir};
+
+    let mut net = TestNet::prepare(&line());
+    for id in ["socialstyrelsen", "nspl-hub"] {
+        net.start_node(id).await;
+    }
+    let sim = SimDir::new();
+    let dirs: BTreeMap<Channel, Arc<dyn Dir>> =
+        BTreeMap::from([(Channel::Open, Arc::new(sim.clone()) as Arc<dyn Dir>)]);
+    net.start_node_on("region-uppsala", None, dirs).await;
+    let region = Api::new(&net, "region-uppsala");
+    let submitter = Some(net.api_token("region-uppsala", Role::Reporter));
+    let operator = Some(net.api_token("region-uppsala", Role::Operator));
+
+    // Before the failure: stored, forwarded, delivered.
+    let (status, body) = region
+        .call(
+            "POST",
+            "/v1/reports",
+            submitter.clone(),
+            Some(submission("SENSITIVE", "socialstyrelsen")),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let authority = net.node("socialstyrelsen");
+    wait_until(authority, LONG, "the first report delivered", || {
+        authority
+            .inbox(Channel::Open, 0, 10)
+            .map(|v| v.len())
+            .unwrap_or(0)
+            == 1
+    })
+    .await
+    .expect("delivered");
+    assert_eq!(region.call("GET", "/readyz", None, None).await.0, 200);
+
+    // The next fdatasync fails.
+    sim.fail_next_sync();
+    let (status, body) = region
+        .call(
+            "POST",
+            "/v1/reports",
+            submitter.clone(),
+            Some(submission("SENSITIVE", "socialstyrelsen")),
+        )
+        .await;
+    assert_eq!(
+        status, 503,
+        "the report that met the failed sync is not acknowledged: {body}"
+    );
+    assert!(body.contains("refuses writes"), "{body}");
+    // And every write after it, though the disk would take it now.
+    let (status, body) = region
+        .call(
+            "POST",
+            "/v1/reports",
+            submitter.clone(),
+            Some(submission("SENSITIVE", "socialstyrelsen")),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+
+    let (status, why) = region.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains("storage failure"), "{why}");
+    let (status, body) = region.call("GET", "/v1/status", operator, None).await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let open = v["stores"]
+        .as_array()
+        .expect("stores")
+        .iter()
+        .find(|s| s["channel"] == "open")
+        .expect("the open store");
+    assert!(
+        open["failed"].as_str().is_some_and(|f| f.contains("sync")),
+        "{open}"
+    );
+    let secure = v["stores"]
+        .as_array()
+        .expect("stores")
+        .iter()
+        .find(|s| s["channel"] == "secure")
+        .expect("the secure store");
+    assert!(secure["failed"].is_null(), "{secure}");
+
+    // Nothing of the refused reports is queued or was sent: the region's
+    // outboxes are empty, it counts one submission, and the authority holds
+    // only the first report.
+    let node = net.node("region-uppsala");
+    assert!(
+        node.outboxes().iter().all(|(_, h)| h.depth == 0),
+        "{:?}",
+        node.outboxes()
+    );
+    assert_eq!(
+        node.counters().get("submitted"),
+        1,
+        "{:?}",
+        node.counters().snapshot()
+    );
+    assert_eq!(authority.inbox(Channel::Open, 0, 10).expect("inbox").len(), 1);
+    net.shutdown().await;
+}

@@ -53,6 +53,21 @@ impl Node {
         config: Config,
         recorder: Option<Arc<dyn sitrep_net::FrameRecorder>>,
     ) -> Result<Self, NodeError> {
+        Self::start_with_log_dirs(config, recorder, BTreeMap::new()).await
+    }
+
+    /// As [`Node::start_with`], with the segment log of some channels' stores
+    /// on the given directories (a `SimDir` that injects a failed fdatasync,
+    /// in tests); the others on their configured disk directory.
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    #[doc(hidden)]
+    pub async fn start_with_log_dirs(
+        config: Config,
+        recorder: Option<Arc<dyn sitrep_net::FrameRecorder>>,
+        log_dirs: BTreeMap<Channel, Arc<dyn sitrep_store::log::Dir>>,
+    ) -> Result<Self, NodeError> {
         let cerr = NodeError::config;
         let signing = keyfile::read_signing_key(&config.signing_key)
             .map_err(|e| cerr("node.signing_key", e.to_string()))?;
@@ -92,7 +107,12 @@ impl Node {
             let identity = TlsIdentity::load(&c.ca, &c.cert, &c.key)?;
             std::fs::create_dir_all(&c.store)
                 .map_err(|e| cerr(&format!("channels.{channel}.store"), e.to_string()))?;
-            let store = SledStore::open(&c.store)?;
+            let store = match log_dirs.get(channel) {
+                Some(dir) => {
+                    SledStore::open_with(&c.store, Arc::clone(dir), sitrep_store::log::LogConfig::default())?
+                }
+                None => SledStore::open(&c.store)?,
+            };
             let endpoint = ChannelEndpoint::bind(
                 *channel,
                 config.id.clone(),

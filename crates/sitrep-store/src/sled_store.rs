@@ -289,6 +289,12 @@ impl SledStore {
         self.inner.reclaimed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Counters of the log since open: bytes handed to `write`, syncs
+    /// (`fdatasync` per group commit, directory syncs at segment changes).
+    pub fn log_io(&self) -> (u64, u64) {
+        (self.inner.log.bytes_written(), self.inner.log.syncs())
+    }
+
     /// Applies `ops` and waits for durability, from a thread that is not
     /// inside the async runtime (tests, tools).
     ///

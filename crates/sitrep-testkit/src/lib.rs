@@ -235,9 +235,26 @@ impl TestNet {
     /// If it does not start.
     #[allow(clippy::expect_used)]
     pub async fn start_node_with(&mut self, id: &str, recorder: Option<Arc<dyn FrameRecorder>>) {
+        self.start_node_on(id, recorder, BTreeMap::new()).await;
+    }
+
+    /// As [`Self::start_node_with`], with the segment log of some channels'
+    /// stores on the given directories (fault injection).
+    ///
+    /// # Panics
+    /// If it does not start.
+    #[allow(clippy::expect_used)]
+    pub async fn start_node_on(
+        &mut self,
+        id: &str,
+        recorder: Option<Arc<dyn FrameRecorder>>,
+        log_dirs: BTreeMap<Channel, Arc<dyn sitrep_store::log::Dir>>,
+    ) {
         let mut config = self.config(id);
         self.fill_peer_addresses(&mut config);
-        let node = Node::start_with(config, recorder).await.expect("node starts");
+        let node = Node::start_with_log_dirs(config, recorder, log_dirs)
+            .await
+            .expect("node starts");
         for c in Channel::ALL {
             if let Some(a) = node.local_addr(c) {
                 self.addrs.insert((id.to_owned(), c), a);
