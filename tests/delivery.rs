@@ -125,3 +125,24 @@ async fn the_hubs_store_never_holds_the_payload_in_the_clear() {
     }
     net.shutdown().await;
 }
+
+/// The audit log's write fails: the node stops with the reason rather than
+/// go on handling traffic it cannot audit, and says it is not ready first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_audit_write_stops_the_node() {
+    let net = TestNet::prepare(&line());
+    let node = Node::start(net.config("region-uppsala")).await.expect("starts");
+    node.fail_next_audit_write();
+    // Submitting audits a `submit` line: that write fails.
+    node.submit(submission(1, Precedence::Routine, "audit"))
+        .await
+        .expect("stored (auditing is after custody)");
+    let stopped = tokio::time::timeout(LONG, node.run_until(std::future::pending()))
+        .await
+        .expect("the node stops by itself");
+    let err = stopped.expect_err("with an error").to_string();
+    assert!(
+        err.contains("audit") && err.contains("injected write error"),
+        "{err}"
+    );
+}

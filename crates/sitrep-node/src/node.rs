@@ -14,6 +14,7 @@ use std::time::Duration;
 use sitrep_core::{Channel, MessageId, NodeId, Roster};
 use sitrep_crypto::keyfile;
 use sitrep_net::{ChannelEndpoint, TlsIdentity, TransportLimits};
+use sitrep_store::log::LogConfig;
 use sitrep_store::{DeliveryRecord, HopStats, SledStore, Storage as _, StoreError};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
@@ -42,28 +43,16 @@ impl Node {
     /// # Errors
     /// [`NodeError`] naming the config key or the failing part; nothing keeps running.
     pub async fn start(config: Config) -> Result<Self, NodeError> {
-        Self::start_with(config, None).await
+        Self::start_with(config, None, BTreeMap::new()).await
     }
 
-    /// As [`Node::start`], with a recorder that sees every frame on the wire.
+    /// As [`Node::start`], with a recorder that sees every frame on the wire,
+    /// and some channels' segment logs on the given directories (fault
+    /// injection in tests; the others on their configured directory).
     ///
     /// # Errors
     /// As [`Node::start`].
     pub async fn start_with(
-        config: Config,
-        recorder: Option<Arc<dyn sitrep_net::FrameRecorder>>,
-    ) -> Result<Self, NodeError> {
-        Self::start_with_log_dirs(config, recorder, BTreeMap::new()).await
-    }
-
-    /// As [`Node::start_with`], with the segment log of some channels' stores
-    /// on the given directories (a `SimDir` that injects a failed fdatasync,
-    /// in tests); the others on their configured disk directory.
-    ///
-    /// # Errors
-    /// As [`Node::start`].
-    #[doc(hidden)]
-    pub async fn start_with_log_dirs(
         config: Config,
         recorder: Option<Arc<dyn sitrep_net::FrameRecorder>>,
         log_dirs: BTreeMap<Channel, Arc<dyn sitrep_store::log::Dir>>,
@@ -169,6 +158,7 @@ impl Node {
             }
         }
         tasks.spawn(crate::sweeper::run(Arc::clone(&shared)));
+        tasks.spawn(crate::sweeper::audit_watch(Arc::clone(&shared)));
         if let Some(api) = &config.api {
             let listener = tokio::net::TcpListener::bind(api.listen)
                 .await
@@ -187,6 +177,11 @@ impl Node {
             service,
             tasks: Mutex::new(tasks),
         })
+    }
+
+    #[doc(hidden)] // Fault injection: the audit log's next write fails.
+    pub fn fail_next_audit_write(&self) {
+        self.shared.audit.fail_next_write();
     }
 
     /// This node's id.

@@ -361,6 +361,9 @@ impl Service {
         for rt in self.0.channels.values() {
             rt.store.healthy()?;
         }
+        if let Some(why) = self.0.audit.failed() {
+            return Err(why);
+        }
         Ok(())
     }
 

@@ -1,5 +1,6 @@
 //! The expiry sweeper: every `sweep_interval`, each channel store drops the
-//! copies of messages past their expiry and marks them `EXPIRED`.
+//! copies of messages past their expiry and marks them `EXPIRED`. And the
+//! audit watch, which stops the node when its audit log stops.
 //!
 //! Not here: which states may change (`sitrep_core::delivery`), or the store's
 //! expiry index (`sitrep_store`).
@@ -53,6 +54,25 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<(), NodeError> {
             }
             if any {
                 shared.bump();
+            }
+        }
+    }
+}
+
+/// Ends with an error (which stops the node) if the audit log stops: a
+/// node that cannot audit must not go on handling traffic.
+pub(crate) async fn audit_watch(shared: Arc<Shared>) -> Result<(), NodeError> {
+    let mut failures = shared.audit.failures();
+    loop {
+        if let Some(why) = failures.borrow_and_update().clone() {
+            return Err(NodeError::Task(format!("audit: {why}")));
+        }
+        tokio::select! {
+            () = shared.cancel.cancelled() => return Ok(()),
+            changed = failures.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
             }
         }
     }

@@ -11,19 +11,45 @@
 //! line breaks the chain at that line; [`verify`] names the first broken one.
 //!
 //! Writes go to a dedicated thread that appends batches and `fdatasync`s
-//! each batch, so auditing never waits on the disk in the message path.
+//! each batch, so auditing does not wait on the disk in the message path.
+//! Its queue is bounded ([`QUEUE`] entries): when the disk falls that far
+//! behind, `append` waits (back-pressure) instead of holding an unbounded
+//! backlog in memory.
+//!
+//! **A failed write or sync stops the log**: the writer chains nothing more
+//! (the in-memory chain never runs ahead of the file), every later entry is
+//! dropped with an error, and [`AuditLog::failed`] and
+//! [`AuditLog::failures`] say why, so that the node stops (an unaudited node
+//! must not go on handling traffic).
+//!
+//! **Open** truncates a torn last line (an append cut by a crash: never
+//! acknowledged to anyone, since auditing is not), then checks the chain
+//! from the **checkpoint** (`<log>.checkpoint`: byte offset, sequence and
+//! hash of a line known good, rewritten every [`CHECKPOINT_EVERY`] entries
+//! and at close) instead of from the first line, so that a start does not
+//! take longer as the log grows. A checkpoint that does not match the file
+//! is ignored (the whole chain is checked). The full check of every line
+//! stays in [`verify`] (`sitrep audit verify`).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+
+use tokio::sync::watch;
 
 use sitrep_core::{MessageId, NodeId};
 
 const DOMAIN: &[u8] = b"sitrep/v1/audit\0";
 const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// 65,536 entries queued at most (≈ 10 MiB): seconds of a busy hub's
+/// events, so a slow sync does not stall traffic, and a stalled disk holds
+/// bounded memory.
+pub const QUEUE: usize = 65_536;
+/// The checkpoint is rewritten after this many entries (and at close).
+pub const CHECKPOINT_EVERY: u64 = 10_000;
 
 /// One audited event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,13 +136,91 @@ fn chain(prev: &str, body: &str) -> String {
 /// # Errors
 /// [`AuditError::Broken`] naming the first broken line, or [`AuditError::Io`].
 pub fn verify(path: &Path) -> Result<(u64, String), AuditError> {
+    verify_from(path, &Checkpoint::start()).map(|(n, prev, _)| (n, prev))
+}
+
+/// A line known good: where the next line starts, its sequence, its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Checkpoint {
+    offset: u64,
+    seq: u64,
+    hash: String,
+}
+
+impl Checkpoint {
+    fn start() -> Self {
+        Self {
+            offset: 0,
+            seq: 0,
+            hash: ZERO.to_owned(),
+        }
+    }
+
+    fn path(log: &Path) -> PathBuf {
+        let mut p = log.as_os_str().to_owned();
+        p.push(".checkpoint");
+        PathBuf::from(p)
+    }
+
+    fn read(log: &Path) -> Option<Self> {
+        let text = std::fs::read_to_string(Self::path(log)).ok()?;
+        let mut f = text.trim_end().split('\t');
+        let c = Self {
+            offset: f.next()?.parse().ok()?,
+            seq: f.next()?.parse().ok()?,
+            hash: f.next()?.to_owned(),
+        };
+        (c.hash.len() == 64 && f.next().is_none()).then_some(c)
+    }
+
+    /// Written to a temporary file and renamed: a crash leaves the old one
+    /// or the new one (or none, if the rename is lost: then the whole chain
+    /// is checked once).
+    fn write(&self, log: &Path) -> std::io::Result<()> {
+        let path = Self::path(log);
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        std::fs::write(&tmp, format!("{}\t{}\t{}\n", self.offset, self.seq, self.hash))?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Whether the line that ends at `offset` in `file` is the one this
+    /// checkpoint names (its sequence and hash).
+    fn matches(&self, file: &mut File) -> std::io::Result<bool> {
+        if self.offset == 0 {
+            return Ok(self.seq == 0 && self.hash == ZERO);
+        }
+        // A line is well under 4 KiB (ids, names, a reason).
+        let back = self.offset.min(4096);
+        let mut tail = vec![0; usize::try_from(back).unwrap_or(4096)];
+        file.seek(SeekFrom::Start(self.offset - back))?;
+        if file.read_exact(&mut tail).is_err() {
+            return Ok(false);
+        }
+        let Some(body) = tail.strip_suffix(b"\n") else {
+            return Ok(false);
+        };
+        let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let Ok(line) = std::str::from_utf8(&body[start..]) else {
+            return Ok(false);
+        };
+        let fields: Vec<&str> = line.split('\t').collect();
+        Ok(fields.len() == 10 && fields[0] == self.seq.to_string() && fields[9] == self.hash)
+    }
+}
+
+/// Checks the chain from `from` (a line known good) to the end; returns
+/// the last sequence, its hash and the checkpoint after it.
+fn verify_from(path: &Path, from: &Checkpoint) -> Result<(u64, String, Checkpoint), AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
-    let mut prev = ZERO.to_owned();
-    let mut n = 0u64;
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(from.offset)).map_err(io)?;
+    let mut prev = from.hash.clone();
+    let mut n = from.seq;
+    let mut offset = from.offset;
     let mut reader = BufReader::new(file);
     let mut raw = Vec::new();
     loop {
@@ -149,8 +253,50 @@ pub fn verify(path: &Path) -> Result<(u64, String), AuditError> {
             return Err(broken("hash does not match the line's content"));
         }
         prev = fields[9].to_owned();
+        offset += raw.len() as u64;
     }
-    Ok((n, prev))
+    Ok((
+        n,
+        prev.clone(),
+        Checkpoint {
+            offset,
+            seq: n,
+            hash: prev,
+        },
+    ))
+}
+
+/// Cuts a torn last line (no newline: an append cut by a crash) off the
+/// file and syncs it; returns how many bytes were dropped.
+fn truncate_torn_tail(path: &Path) -> std::io::Result<u64> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut keep = len;
+    let mut chunk = vec![0; 4096];
+    loop {
+        let from = keep.saturating_sub(chunk.len() as u64);
+        let n = usize::try_from(keep - from).unwrap_or(0);
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            keep = from + i as u64 + 1;
+            break;
+        }
+        if from == 0 {
+            keep = 0;
+            break;
+        }
+        keep = from;
+    }
+    if keep == len {
+        return Ok(0);
+    }
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(len - keep)
 }
 
 enum Cmd {
@@ -162,71 +308,185 @@ enum Cmd {
 /// writes and syncs.
 #[derive(Debug)]
 pub struct AuditLog {
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    tx: Mutex<Option<mpsc::SyncSender<Cmd>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
+    failed: Arc<watch::Sender<Option<String>>>,
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The writer thread's state.
+struct Writer {
+    file: File,
+    path: PathBuf,
+    seq: u64,
+    prev: String,
+    offset: u64,
+    since_checkpoint: u64,
+    failed: Arc<watch::Sender<Option<String>>>,
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, rx: &mpsc::Receiver<Cmd>) {
+        while let Ok(first) = rx.recv() {
+            let mut buf = String::new();
+            let mut flushes = Vec::new();
+            let (mut seq, mut prev) = (self.seq, self.prev.clone());
+            for cmd in std::iter::once(first).chain(rx.try_iter()) {
+                match cmd {
+                    Cmd::Entry(e) => {
+                        seq += 1;
+                        let body = body(seq, &e);
+                        let hash = chain(&prev, &body);
+                        buf.push_str(&body);
+                        buf.push('\t');
+                        buf.push_str(&prev);
+                        buf.push('\t');
+                        buf.push_str(&hash);
+                        buf.push('\n');
+                        prev = hash;
+                    }
+                    Cmd::Flush(done) => flushes.push(done),
+                }
+            }
+            if self.failed.borrow().is_some() {
+                // Stopped: chain nothing more.
+                drop(flushes);
+                continue;
+            }
+            if !buf.is_empty() {
+                let injected = self.fail_next.swap(false, std::sync::atomic::Ordering::Relaxed);
+                let written = if injected {
+                    Err(std::io::Error::other("injected write error"))
+                } else {
+                    self.file
+                        .write_all(buf.as_bytes())
+                        .and_then(|()| self.file.sync_data())
+                };
+                match written {
+                    Ok(()) => {
+                        self.since_checkpoint += seq - self.seq;
+                        (self.seq, self.prev) = (seq, prev);
+                        self.offset += buf.len() as u64;
+                        if self.since_checkpoint >= CHECKPOINT_EVERY {
+                            self.checkpoint();
+                        }
+                    }
+                    Err(e) => {
+                        let why = format!("audit log {} write failed: {e}", self.path.display());
+                        tracing::error!(path = %self.path.display(), error = %e, "audit log write failed; the node stops");
+                        self.failed.send_replace(Some(why));
+                        drop(flushes);
+                        continue;
+                    }
+                }
+            }
+            for f in flushes {
+                let _ = f.send(());
+            }
+        }
+        if self.failed.borrow().is_none() {
+            self.checkpoint();
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        let c = Checkpoint {
+            offset: self.offset,
+            seq: self.seq,
+            hash: self.prev.clone(),
+        };
+        // Advisory: a lost checkpoint only makes the next start check more.
+        if let Err(e) = c.write(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "audit checkpoint not written");
+        }
+        self.since_checkpoint = 0;
+    }
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log at `path`, verifying the existing chain.
+    /// Opens (or creates) the log at `path`: truncates a torn last line,
+    /// then checks the chain from the last checkpoint (the whole chain if
+    /// there is none or it does not match).
     ///
     /// # Errors
-    /// [`AuditError::Broken`] if the existing chain is broken: the node
-    /// refuses to start rather than extend a log it cannot vouch for.
+    /// [`AuditError::Broken`] if the chain is broken: the node refuses to
+    /// start rather than extend a log it cannot vouch for.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let (mut seq, mut prev) = if path.exists() {
-            verify(path)?
+        let (seq, prev, at) = if path.exists() {
+            let dropped = truncate_torn_tail(path).map_err(io)?;
+            if dropped > 0 {
+                tracing::warn!(path = %path.display(), bytes = dropped, "audit log: torn last line truncated");
+            }
+            let start = match Checkpoint::read(path) {
+                Some(c) => {
+                    let mut f = File::open(path).map_err(io)?;
+                    if c.matches(&mut f).map_err(io)? {
+                        c
+                    } else {
+                        tracing::warn!(path = %path.display(), "audit checkpoint does not match the log; checking the whole chain");
+                        Checkpoint::start()
+                    }
+                }
+                None => Checkpoint::start(),
+            };
+            verify_from(path, &start)?
         } else {
-            (0, ZERO.to_owned())
+            (0, ZERO.to_owned(), Checkpoint::start())
         };
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(io)?;
-        let (tx, rx) = mpsc::channel::<Cmd>();
-        let p = path.to_path_buf();
+        let (tx, rx) = mpsc::sync_channel::<Cmd>(QUEUE);
+        let (failed, _) = watch::channel(None);
+        let failed = Arc::new(failed);
+        let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = Writer {
+            file,
+            path: path.to_path_buf(),
+            seq,
+            prev,
+            offset: at.offset,
+            since_checkpoint: 0,
+            failed: Arc::clone(&failed),
+            fail_next: Arc::clone(&fail_next),
+        };
         let writer = std::thread::Builder::new()
             .name("sitrep-audit".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut buf = String::new();
-                    let mut flushes = Vec::new();
-                    for cmd in std::iter::once(first).chain(rx.try_iter()) {
-                        match cmd {
-                            Cmd::Entry(e) => {
-                                seq += 1;
-                                let body = body(seq, &e);
-                                let hash = chain(&prev, &body);
-                                buf.push_str(&body);
-                                buf.push('\t');
-                                buf.push_str(&prev);
-                                buf.push('\t');
-                                buf.push_str(&hash);
-                                buf.push('\n');
-                                prev = hash;
-                            }
-                            Cmd::Flush(done) => flushes.push(done),
-                        }
-                    }
-                    if let Err(e) = file.write_all(buf.as_bytes()).and_then(|()| file.sync_data()) {
-                        tracing::error!(path = %p.display(), error = %e, "audit log write failed");
-                    }
-                    for f in flushes {
-                        let _ = f.send(());
-                    }
-                }
-            })
+            .spawn(move || writer.run(&rx))
             .map_err(io)?;
         Ok(Self {
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             path: path.to_path_buf(),
+            failed,
+            fail_next,
         })
+    }
+
+    /// Makes the writer's next write fail, as a full or broken disk would.
+    #[doc(hidden)]
+    pub fn fail_next_write(&self) {
+        self.fail_next.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why the log stopped, if a write or sync failed.
+    #[must_use]
+    pub fn failed(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Changes to [`AuditLog::failed`], for a task that stops the node.
+    #[must_use]
+    pub fn failures(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
     }
 
     /// The log's path.
@@ -235,9 +495,16 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends an entry (written and synced by the writer thread shortly).
+    /// Appends an entry (written and synced by the writer thread shortly);
+    /// waits if [`QUEUE`] entries are already waiting for the disk. After a
+    /// failure the entry is dropped (the log has stopped; see
+    /// [`AuditLog::failed`]).
     pub fn append(&self, entry: AuditEntry) {
-        if let Some(tx) = self.tx.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+        if self.failed.borrow().is_some() {
+            return;
+        }
+        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(tx) = tx {
             let _ = tx.send(Cmd::Entry(entry));
         }
     }
@@ -245,12 +512,8 @@ impl AuditLog {
     /// Waits until everything appended so far is on disk.
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|tx| tx.send(Cmd::Flush(done)).is_ok());
+        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let sent = tx.is_some_and(|tx| tx.send(Cmd::Flush(done)).is_ok());
         if sent {
             let _ = wait.recv();
         }
@@ -299,6 +562,104 @@ mod tests {
         log.append(entry(10));
         log.close();
         assert_eq!(verify(&path).expect("intact").0, 11);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_truncated_on_open_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).expect("open");
+        for i in 0..3 {
+            log.append(entry(i));
+        }
+        log.close();
+        let whole = std::fs::read(&path).expect("read");
+        // A crash in the middle of the next append.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"4\t1790000000004\tacc");
+        std::fs::write(&path, &torn).expect("write");
+        assert!(matches!(verify(&path), Err(AuditError::Broken { line: 4, .. })));
+        let log = AuditLog::open(&path).expect("opens after truncating");
+        assert_eq!(std::fs::read(&path).expect("read"), whole);
+        log.append(entry(4));
+        log.close();
+        assert_eq!(verify(&path).expect("intact").0, 4);
+    }
+
+    #[test]
+    fn open_checks_from_the_checkpoint_and_verify_checks_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).expect("open");
+        for i in 0..6 {
+            log.append(entry(i));
+        }
+        log.close();
+        let cp = Checkpoint::read(&path).expect("a checkpoint at close");
+        assert_eq!(cp.seq, 6);
+        assert_eq!(cp.offset, std::fs::metadata(&path).expect("len").len());
+        let log = AuditLog::open(&path).expect("reopen");
+        log.append(entry(6));
+        log.close();
+        let good = std::fs::read(&path).expect("read");
+        // Damage before the checkpoint: open does not read it (so a start
+        // takes the same time however long the log is) ...
+        let first_line_end = good.iter().position(|b| *b == b'\n').expect("a line");
+        let mut bad = good.clone();
+        bad[first_line_end - 70] ^= 0x01;
+        std::fs::write(&path, &bad).expect("write");
+        let log = AuditLog::open(&path).expect("opens from the checkpoint");
+        log.close();
+        // ... and the full check finds it.
+        assert!(matches!(verify(&path), Err(AuditError::Broken { line: 1, .. })));
+        // Damage after the checkpoint stops the open.
+        let mut bad = std::fs::read(&path).expect("read");
+        let cp = Checkpoint::read(&path).expect("checkpoint");
+        let at = usize::try_from(cp.offset).expect("offset") - 10;
+        bad[at] ^= 0x01;
+        // (A checkpoint after line 1, so that the damage is after it.)
+        let after_first = Checkpoint {
+            offset: first_line_end as u64 + 1,
+            seq: 1,
+            hash: String::from_utf8(good[first_line_end - 64..first_line_end].to_vec()).expect("hash"),
+        };
+        after_first.write(&path).expect("write checkpoint");
+        std::fs::write(&path, &bad).expect("write");
+        assert!(matches!(AuditLog::open(&path), Err(AuditError::Broken { .. })));
+        // A checkpoint that does not match the file is ignored: the whole
+        // chain is checked (and here it is broken at line 1).
+        std::fs::write(&path, &good).expect("write");
+        let wrong = Checkpoint {
+            offset: 5,
+            seq: 3,
+            hash: ZERO.to_owned(),
+        };
+        wrong.write(&path).expect("write checkpoint");
+        let log = AuditLog::open(&path).expect("good log opens with a wrong checkpoint");
+        log.close();
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_log_and_chains_nothing_more() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).expect("open");
+        let mut failures = log.failures();
+        log.append(entry(0));
+        log.flush();
+        assert_eq!(log.failed(), None);
+        log.fail_next_write();
+        log.append(entry(1));
+        log.flush();
+        let why = log.failed().expect("failed");
+        assert!(why.contains("injected write error"), "{why}");
+        assert!(failures.has_changed().expect("sender alive"));
+        assert!(failures.borrow_and_update().is_some());
+        // Later entries are not chained or written.
+        log.append(entry(2));
+        log.flush();
+        log.close();
+        assert_eq!(verify(&path).expect("intact").0, 1);
     }
 
     #[test]

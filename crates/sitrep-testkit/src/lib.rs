@@ -252,7 +252,7 @@ impl TestNet {
     ) {
         let mut config = self.config(id);
         self.fill_peer_addresses(&mut config);
-        let node = Node::start_with_log_dirs(config, recorder, log_dirs)
+        let node = Node::start_with(config, recorder, log_dirs)
             .await
             .expect("node starts");
         for c in Channel::ALL {
