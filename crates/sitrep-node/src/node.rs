@@ -97,9 +97,7 @@ impl Node {
             std::fs::create_dir_all(&c.store)
                 .map_err(|e| cerr(&format!("channels.{channel}.store"), e.to_string()))?;
             let store = match log_dirs.get(channel) {
-                Some(dir) => {
-                    SledStore::open_with(&c.store, Arc::clone(dir), sitrep_store::log::LogConfig::default())?
-                }
+                Some(dir) => SledStore::open_with(&c.store, Arc::clone(dir), LogConfig::default())?,
                 None => SledStore::open(&c.store)?,
             };
             let endpoint = ChannelEndpoint::bind(
