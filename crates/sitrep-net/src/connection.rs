@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use sitrep_core::{Channel, NodeId};
 use sitrep_proto::v1::{Frame, RejectCode, Rejected, frame::Kind};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use crate::endpoint::{Direction, FrameRecorder};
-use crate::frame::{PREFIX_LEN, decode_body, encode_frame, read_wire, write_wire};
+use crate::frame::{PREFIX_LEN, decode_body, encode_frame, read_wire, read_wire_within, write_wire};
 use crate::{NetError, stream_code};
 
 /// A connection whose peer has been authenticated: its certificate chains to the channel
@@ -28,6 +29,10 @@ struct Shared {
     peer: NodeId,
     channel: Channel,
     max_frame_bytes: usize,
+    frame_timeout: Duration,
+    /// Bytes of incoming frames being read or handled at once on this
+    /// connection (at least one largest frame).
+    read_budget: Arc<Semaphore>,
     recorder: Option<Arc<dyn FrameRecorder>>,
     span: tracing::Span,
 }
@@ -38,6 +43,8 @@ impl PeerConnection {
         peer: NodeId,
         channel: Channel,
         max_frame_bytes: usize,
+        frame_timeout: Duration,
+        read_budget: usize,
         recorder: Option<Arc<dyn FrameRecorder>>,
     ) -> Self {
         let span = tracing::info_span!(
@@ -52,6 +59,12 @@ impl PeerConnection {
                 peer,
                 channel,
                 max_frame_bytes,
+                frame_timeout,
+                read_budget: Arc::new(Semaphore::new(
+                    read_budget
+                        .max(max_frame_bytes + PREFIX_LEN)
+                        .min(Semaphore::MAX_PERMITS),
+                )),
                 recorder,
                 span,
             }),
@@ -127,7 +140,7 @@ impl PeerConnection {
             Err(e @ NetError::Stream(_)) => Some(e),
             Err(e) => return Err(e),
         };
-        let response = match read_wire(&mut recv, self.shared.max_frame_bytes).await {
+        let response = match self.read_timed(&mut recv).await {
             Ok(response) => response,
             Err(read_error) => return Err(write_error.unwrap_or(read_error)),
         };
@@ -135,72 +148,51 @@ impl PeerConnection {
         decode_body(response.get(PREFIX_LEN..).unwrap_or_default())
     }
 
-    /// Receiver side: waits for the peer's next transfer stream and reads its frame.
-    ///
-    /// `Ok(None)` when the connection is closed ([`close_reason`](Self::close_reason)
-    /// says why). A frame over `max_frame_bytes` is answered with `Rejected
-    /// FRAME_TOO_LARGE` without allocating for it; a frame that does not decode, or is not
-    /// a `Transfer`, with `Rejected MALFORMED`. Either way the stream is stopped, an error
-    /// is returned, and the connection stays usable: count it and call again.
-    ///
-    /// Not cancel-safe once a stream has arrived: dropping the future while it reads a
-    /// frame drops that stream, and the sender sees an unanswered transfer. In a
-    /// `select!` loop, keep one pinned `accept_transfer` future across iterations.
-    ///
-    /// # Errors
-    /// [`NetError::FrameTooLarge`], [`NetError::Decode`], or [`NetError::Stream`] if the
-    /// peer reset the stream or ended it inside the frame.
-    pub async fn accept_transfer(&self) -> Result<Option<IncomingTransfer>, NetError> {
-        self.accept_transfer_inner()
-            .instrument(self.shared.span.clone())
-            .await
+    /// Reads one frame within the frame timeout; a stream that does not deliver its
+    /// whole frame in time is stopped (the peer sees it reset).
+    async fn read_timed(&self, recv: &mut quinn::RecvStream) -> Result<Vec<u8>, NetError> {
+        let limit = self.shared.max_frame_bytes;
+        match tokio::time::timeout(self.shared.frame_timeout, read_wire(recv, limit)).await {
+            Ok(read) => read,
+            Err(_) => {
+                let _ = recv.stop(stream_code::REJECTED.into());
+                Err(NetError::Stream(format!(
+                    "no whole frame within {:?}; stream stopped",
+                    self.shared.frame_timeout
+                )))
+            }
+        }
     }
 
-    async fn accept_transfer_inner(&self) -> Result<Option<IncomingTransfer>, NetError> {
-        let (mut send, mut recv) = match self.conn.accept_bi().await {
-            Ok(streams) => streams,
-            Err(e) => {
-                tracing::debug!(reason = %e, "connection ended");
-                return Ok(None);
-            }
-        };
-        let wire = match read_wire(&mut recv, self.shared.max_frame_bytes).await {
-            Ok(wire) => wire,
-            Err(e @ NetError::FrameTooLarge { .. }) => {
-                tracing::warn!(error = %e, "refused an oversized frame");
-                // Stop the peer sending the rest: we will not read it.
-                let _ = recv.stop(stream_code::REJECTED.into());
-                self.reject(&mut send, RejectCode::FrameTooLarge, e.to_string())
-                    .await;
-                return Err(e);
-            }
-            Err(e) if self.conn.close_reason().is_some() => {
-                tracing::debug!(error = %e, "connection ended inside a frame");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        self.record(Direction::Received, &wire);
-        let frame = decode_body(wire.get(PREFIX_LEN..).unwrap_or_default()).and_then(|frame| {
-            if matches!(frame.kind, Some(Kind::Transfer(_))) {
-                Ok(frame)
-            } else {
-                Err(NetError::Decode(
-                    "expected a Transfer frame on a new stream".into(),
-                ))
-            }
-        });
-        match frame {
-            Ok(frame) => Ok(Some(IncomingTransfer {
-                frame,
-                send: Some(send),
+    /// Receiver side: waits for the peer's next transfer stream and reads its frame.
+    /// Equivalent to [`accept_stream`](Self::accept_stream) then
+    /// [`IncomingStream::read`]; a node serving many streams at once should use those,
+    /// reading each stream in its own task, so that a slow stream does not hold up the
+    /// others.
+    ///
+    /// # Errors
+    /// As [`IncomingStream::read`].
+    pub async fn accept_transfer(&self) -> Result<Option<IncomingTransfer>, NetError> {
+        match self.accept_stream().await {
+            None => Ok(None),
+            Some(stream) => stream.read().await,
+        }
+    }
+
+    /// Waits for the peer's next transfer stream, without reading it. `None` when the
+    /// connection is closed ([`close_reason`](Self::close_reason) says why).
+    /// Cancel-safe.
+    pub async fn accept_stream(&self) -> Option<IncomingStream> {
+        match self.conn.accept_bi().await {
+            Ok((send, recv)) => Some(IncomingStream {
+                send,
+                recv,
                 conn: self.clone(),
-            })),
+            }),
             Err(e) => {
-                tracing::warn!(error = %e, "refused a malformed frame");
-                let _ = recv.stop(stream_code::REJECTED.into());
-                self.reject(&mut send, RejectCode::Malformed, e.to_string()).await;
-                Err(e)
+                let _span = self.shared.span.enter();
+                tracing::debug!(reason = %e, "connection ended");
+                None
             }
         }
     }
@@ -269,6 +261,96 @@ impl PeerConnection {
     }
 }
 
+/// A transfer stream the peer opened whose frame has not been read yet
+/// ([`PeerConnection::accept_stream`]).
+#[derive(Debug)]
+pub struct IncomingStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    conn: PeerConnection,
+}
+
+impl IncomingStream {
+    /// Reads the stream's frame, within the connection's frame timeout, into a buffer
+    /// that grows as the bytes arrive.
+    ///
+    /// `Ok(None)` if the connection closed inside the frame. A frame over
+    /// `max_frame_bytes` is answered with `Rejected FRAME_TOO_LARGE` without reading
+    /// it; a frame that does not decode, or is not a `Transfer`, with `Rejected
+    /// MALFORMED`. Either way the stream is stopped, an error is returned, and the
+    /// connection stays usable.
+    ///
+    /// # Errors
+    /// [`NetError::FrameTooLarge`], [`NetError::Decode`], or [`NetError::Stream`] if the
+    /// peer reset the stream, ended it inside the frame, or did not send the whole
+    /// frame within the frame timeout.
+    pub async fn read(self) -> Result<Option<IncomingTransfer>, NetError> {
+        let span = self.conn.shared.span.clone();
+        self.read_inner().instrument(span).await
+    }
+
+    async fn read_inner(self) -> Result<Option<IncomingTransfer>, NetError> {
+        let Self {
+            mut send,
+            mut recv,
+            conn,
+        } = self;
+        let limit = conn.shared.max_frame_bytes;
+        let timeout = conn.shared.frame_timeout;
+        let budget = Some(&conn.shared.read_budget);
+        let read = tokio::time::timeout(timeout, read_wire_within(&mut recv, limit, budget)).await;
+        let read = read.unwrap_or_else(|_| {
+            let _ = recv.stop(stream_code::REJECTED.into());
+            Err(NetError::Stream(format!(
+                "no whole frame within {timeout:?}; stream stopped"
+            )))
+        });
+        let (wire, permit) = match read {
+            Ok(read) => read,
+            Err(e @ NetError::FrameTooLarge { .. }) => {
+                tracing::warn!(error = %e, "refused an oversized frame");
+                // Stop the peer sending the rest: we will not read it.
+                let _ = recv.stop(stream_code::REJECTED.into());
+                conn.reject(&mut send, RejectCode::FrameTooLarge, e.to_string())
+                    .await;
+                return Err(e);
+            }
+            Err(e) if conn.conn.close_reason().is_some() => {
+                tracing::debug!(error = %e, "connection ended inside a frame");
+                return Ok(None);
+            }
+            Err(e) => {
+                let _ = send.reset(stream_code::REJECTED.into());
+                return Err(e);
+            }
+        };
+        conn.record(Direction::Received, &wire);
+        let frame = decode_body(wire.get(PREFIX_LEN..).unwrap_or_default()).and_then(|frame| {
+            if matches!(frame.kind, Some(Kind::Transfer(_))) {
+                Ok(frame)
+            } else {
+                Err(NetError::Decode(
+                    "expected a Transfer frame on a new stream".into(),
+                ))
+            }
+        });
+        match frame {
+            Ok(frame) => Ok(Some(IncomingTransfer {
+                frame,
+                send: Some(send),
+                conn,
+                _budget: permit,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "refused a malformed frame");
+                let _ = recv.stop(stream_code::REJECTED.into());
+                conn.reject(&mut send, RejectCode::Malformed, e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+}
+
 /// A received transfer frame, waiting for its answer.
 ///
 /// Dropping it unanswered resets the stream with
@@ -280,6 +362,9 @@ pub struct IncomingTransfer {
     pub frame: Frame,
     send: Option<quinn::SendStream>,
     conn: PeerConnection,
+    /// This frame's share of the connection's read budget, returned when
+    /// the transfer is dropped.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 impl IncomingTransfer {

@@ -68,6 +68,8 @@ struct Ctx {
     channel: Channel,
     me: NodeId,
     max_frame_bytes: usize,
+    frame_timeout: std::time::Duration,
+    read_budget: usize,
     policy: Arc<dyn PeerPolicy>,
     recorder: Option<Arc<dyn FrameRecorder>>,
 }
@@ -132,6 +134,8 @@ impl ChannelEndpoint {
             channel,
             me,
             max_frame_bytes: limits.max_frame_bytes,
+            frame_timeout: limits.frame_timeout,
+            read_budget: usize::try_from(limits.connection_receive_window).unwrap_or(usize::MAX),
             policy,
             recorder,
         });
@@ -350,6 +354,8 @@ fn verify(conn: quinn::Connection, ctx: &Ctx, expected: Option<&NodeId>) -> Resu
         node,
         ctx.channel,
         ctx.max_frame_bytes,
+        ctx.frame_timeout,
+        ctx.read_budget,
         ctx.recorder.clone(),
     ))
 }

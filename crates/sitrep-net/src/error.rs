@@ -113,6 +113,10 @@ impl NetError {
         }
     }
 
+    pub(crate) fn from_read_error(e: quinn::ReadError) -> Self {
+        Self::from_read(quinn::ReadExactError::ReadError(e))
+    }
+
     pub(crate) fn from_read(e: quinn::ReadExactError) -> Self {
         match e {
             quinn::ReadExactError::FinishedEarly(n) => {

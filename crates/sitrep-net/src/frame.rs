@@ -3,8 +3,11 @@
 //! The length is checked against the limit before anything is allocated for the body,
 //! so a peer that announces 4 GiB costs us four bytes of reading.
 
+use std::sync::Arc;
+
 use prost::Message as _;
 use sitrep_proto::v1::Frame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::NetError;
 
@@ -77,16 +80,57 @@ pub(crate) async fn write_wire(send: &mut quinn::SendStream, wire: &[u8]) -> Res
 }
 
 /// Reads the wire bytes of one frame (prefix included, for the recorder).
+/// Reads one frame: the prefix, then the body as it arrives. The buffer grows with the
+/// bytes received (from at most [`FIRST_ALLOCATION`]), never to the announced length up
+/// front, so a peer that announces a large frame and sends slowly holds only what it sent.
 pub(crate) async fn read_wire(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, NetError> {
+    read_wire_within(recv, limit, None).await.map(|(wire, _)| wire)
+}
+
+/// As [`read_wire`], first taking the frame's length in bytes from `budget` (bytes the
+/// connection may hold in frames being read or handled), waiting while it is spent;
+/// the permit is returned with the frame, to keep until the frame is dropped.
+pub(crate) async fn read_wire_within(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+    budget: Option<&Arc<Semaphore>>,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), NetError> {
     let mut prefix = [0u8; PREFIX_LEN];
     recv.read_exact(&mut prefix).await.map_err(NetError::from_read)?;
     let len = decode_len(prefix, limit)?;
-    let mut wire = vec![0u8; PREFIX_LEN + len];
-    let (head, body) = wire.split_at_mut(PREFIX_LEN);
-    head.copy_from_slice(&prefix);
-    recv.read_exact(body).await.map_err(NetError::from_read)?;
-    Ok(wire)
+    let total = PREFIX_LEN + len;
+    let permit = match budget {
+        Some(b) => Some(
+            Arc::clone(b)
+                .acquire_many_owned(u32::try_from(total).unwrap_or(u32::MAX))
+                .await
+                .map_err(|_| NetError::Stream("connection closing".into()))?,
+        ),
+        None => None,
+    };
+    let mut wire = Vec::with_capacity(total.min(FIRST_ALLOCATION));
+    wire.extend_from_slice(&prefix);
+    while wire.len() < total {
+        match recv
+            .read_chunk(total - wire.len(), true)
+            .await
+            .map_err(NetError::from_read_error)?
+        {
+            Some(chunk) => wire.extend_from_slice(&chunk.bytes),
+            None => {
+                return Err(NetError::Stream(format!(
+                    "stream ended after {} of {len} bytes, inside a frame",
+                    wire.len() - PREFIX_LEN
+                )));
+            }
+        }
+    }
+    Ok((wire, permit))
 }
+
+/// 64 KiB: the buffer a frame starts with (a report's frame fits); larger frames grow it
+/// as their bytes arrive.
+pub(crate) const FIRST_ALLOCATION: usize = 64 << 10;
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@
 //! transfer is the node's job. It holds no store and no HTTP.
 //!
 //! Main types: [`ChannelEndpoint`] (bind, accept, connect, shutdown), [`PeerConnection`]
-//! (transfer, accept_transfer), [`IncomingTransfer`], [`TlsIdentity`] (and
+//! (transfer, accept_stream/accept_transfer), [`IncomingStream`], [`IncomingTransfer`], [`TlsIdentity`] (and
 //! [`certificate_not_after_ms`] for a certificate file's expiry), [`NetError`].
 
 mod connection;
@@ -22,11 +22,11 @@ pub mod frame;
 mod limits;
 mod tls;
 
-pub use connection::{IncomingTransfer, PeerConnection};
+pub use connection::{IncomingStream, IncomingTransfer, PeerConnection};
 pub use endpoint::{ChannelEndpoint, Direction, FrameRecorder, PeerPolicy};
 pub use error::NetError;
 pub use limits::{
-    DEFAULT_CONNECTION_RECEIVE_WINDOW, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE,
+    DEFAULT_CONNECTION_RECEIVE_WINDOW, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE,
     DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SEND_WINDOW, TransportLimits,
 };
 pub use tls::{ALPN, TlsIdentity, certificate_not_after_ms};

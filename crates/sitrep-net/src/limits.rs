@@ -34,6 +34,11 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// and often enough to notice a dead peer within a few seconds.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
+/// 30 s for a peer to send one whole frame once its stream is open: a 4 MiB frame at
+/// ≈ 1 Mbit/s. A stream that takes longer is reset, so a stalled or slow-loris stream
+/// holds its buffer for a bounded time.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Granularity the default stream window is rounded up to.
 const WINDOW_ROUNDING: usize = 64 << 10;
 
@@ -80,6 +85,9 @@ pub struct TransportLimits {
     /// Keep-alive interval; must be shorter than `idle_timeout`. Default
     /// [`DEFAULT_KEEP_ALIVE`].
     pub keep_alive: Duration,
+    /// Longest time to receive one frame (request or response) once its stream is open.
+    /// Default [`DEFAULT_FRAME_TIMEOUT`].
+    pub frame_timeout: Duration,
 }
 
 impl TransportLimits {
@@ -124,6 +132,9 @@ impl TransportLimits {
         if self.idle_timeout.is_zero() || quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
             return bad("idle_timeout", "must be above zero and below 2^62 ms");
         }
+        if self.frame_timeout.is_zero() {
+            return bad("frame_timeout", "must be above zero");
+        }
         if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
             return bad(
                 "keep_alive",
@@ -164,6 +175,7 @@ impl Default for TransportLimits {
             send_window: DEFAULT_SEND_WINDOW,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             keep_alive: DEFAULT_KEEP_ALIVE,
+            frame_timeout: DEFAULT_FRAME_TIMEOUT,
         }
     }
 }

@@ -405,6 +405,51 @@ async fn huge_length_prefix_is_rejected_without_waiting_for_the_body() -> anyhow
 }
 
 #[tokio::test]
+async fn a_stalled_stream_holds_up_no_other_and_is_stopped_after_the_frame_timeout() -> anyhow::Result<()> {
+    guarded(async {
+        let ca = Ca::new("open")?;
+        let limits = TransportLimits {
+            frame_timeout: std::time::Duration::from_millis(300),
+            ..TransportLimits::default()
+        };
+        let b = bind("b", &ca.node("b")?, &["a"], limits, None)?;
+        let (_ep, raw) = raw_connect(&ca.node("a")?, b.local_addr()?, "b").await?;
+        // Stream 1 announces a 1 MiB frame, sends 10 bytes of it and stalls.
+        let (mut stalled_send, _stalled_recv) = raw.open_bi().await?;
+        stalled_send.write_all(&(1u32 << 20).to_be_bytes()).await?;
+        stalled_send.write_all(&[0; 10]).await?;
+        let conn = accept_ok(&b).await?;
+        let first = conn.accept_stream().await.context("first stream")?;
+        let stalled = tokio::spawn(first.read());
+        // Stream 2, a whole transfer, is read and answered while stream 1 stalls.
+        let (mut send, mut recv) = raw.open_bi().await?;
+        send.write_all(&encode_frame(&transfer(100))?).await?;
+        send.finish()?;
+        let second = conn.accept_stream().await.context("second stream")?;
+        let t = second.read().await?.context("a transfer")?;
+        t.respond(&accepted(7)).await?;
+        ensure!(read_frame(&mut recv, 4096).await? == accepted(7));
+        ensure!(!stalled.is_finished(), "the stalled stream is still waiting");
+        // Stream 1 is given up after the frame timeout, and its sender sees it stopped.
+        match stalled.await? {
+            Err(NetError::Stream(e)) => ensure!(e.contains("no whole frame"), "{e}"),
+            other => bail!("expected a frame timeout, got {other:?}"),
+        }
+        let code = stalled_send.stopped().await?;
+        ensure!(code == Some(stream_code::REJECTED.into()), "{code:?}");
+        // The connection still carries transfers.
+        let (mut send, mut recv) = raw.open_bi().await?;
+        send.write_all(&encode_frame(&transfer(100))?).await?;
+        send.finish()?;
+        let t = conn.accept_transfer().await?.context("a third transfer")?;
+        t.respond(&accepted(8)).await?;
+        ensure!(read_frame(&mut recv, 4096).await? == accepted(8));
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
 async fn a_frame_other_than_transfer_is_malformed() -> anyhow::Result<()> {
     guarded(async {
         let (ca, _a, b) = pair()?;

@@ -109,6 +109,8 @@ struct RawLimits {
     #[serde(default, with = "humantime_serde")]
     keep_alive: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    frame_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
     retry_initial: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     retry_max: Option<Duration>,
@@ -226,6 +228,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval.
     pub keep_alive: Duration,
+    /// Longest time to receive one frame once its stream is open; a slower
+    /// stream is reset.
+    pub frame_timeout: Duration,
     /// First retry delay; doubles up to `retry_max`, with jitter.
     pub retry_initial: Duration,
     /// Longest retry delay.
@@ -248,6 +253,7 @@ impl Default for Limits {
             hop_limit: DEFAULT_HOP_LIMIT,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            frame_timeout: sitrep_net::DEFAULT_FRAME_TIMEOUT,
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
@@ -444,6 +450,7 @@ impl Config {
             hop_limit: l.hop_limit.unwrap_or(d.hop_limit),
             idle_timeout: positive("idle_timeout", l.idle_timeout, d.idle_timeout)?,
             keep_alive: positive("keep_alive", l.keep_alive, d.keep_alive)?,
+            frame_timeout: positive("frame_timeout", l.frame_timeout, d.frame_timeout)?,
             retry_initial: positive("retry_initial", l.retry_initial, d.retry_initial)?,
             retry_max: positive("retry_max", l.retry_max, d.retry_max)?,
             sweep_interval: positive("sweep_interval", l.sweep_interval, d.sweep_interval)?,

@@ -14,7 +14,7 @@ use prost::Message as _;
 use sitrep_core::envelope::{self, Draft, Verified};
 use sitrep_core::ingress::{Accepted, Arrival, Decision, Local, Refusal, RefuseReason, Seen, Verification};
 use sitrep_core::{Channel, ContentType, MessageId, NodeId, Roster};
-use sitrep_net::{IncomingTransfer, NetError, PeerConnection, close_code};
+use sitrep_net::{IncomingStream, IncomingTransfer, NetError, PeerConnection, close_code};
 use sitrep_proto::v1 as pb;
 use sitrep_store::{Copy, Ingest, Op, Storage, StoreError};
 use tokio::task::JoinSet;
@@ -62,42 +62,55 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, channel: Channel) -> Result
     Ok(())
 }
 
+/// Accepts the connection's streams; each is read and handled in its own
+/// task (QUIC's stream limit bounds how many), so a slow or stalled stream
+/// holds up no other.
 async fn serve_connection(shared: Arc<Shared>, channel: Channel, conn: PeerConnection) {
     let mut transfers = JoinSet::new();
     loop {
-        // Reap finished handlers without racing accept_transfer, which must
-        // not be cancelled mid-frame (only shutdown cancels it).
         while transfers.try_join_next().is_some() {}
-        let next = tokio::select! {
+        let stream = tokio::select! {
             () = shared.cancel.cancelled() => break,
-            next = conn.accept_transfer() => next,
+            stream = conn.accept_stream() => stream,
         };
-        let (reason, detail) = match next {
-            Ok(Some(t)) => {
-                transfers.spawn(handle(Arc::clone(&shared), channel, conn.clone(), t));
-                continue;
-            }
-            Ok(None) => break,
-            Err(NetError::FrameTooLarge { len, limit }) => {
-                (RefuseReason::FrameTooLarge, format!("{len} > {limit}"))
-            }
-            Err(NetError::Decode(e)) => (RefuseReason::Malformed, e.to_string()),
-            Err(e) => {
-                tracing::debug!(peer = %conn.peer(), error = %e, "stream failed");
-                continue;
-            }
-        };
-        shared.refused(&Refused {
-            direction: Direction::Ingress,
-            reason,
-            detail: &detail,
-            peer: Some(conn.peer()),
+        let Some(stream) = stream else { break };
+        transfers.spawn(read_and_handle(
+            Arc::clone(&shared),
             channel,
-            id: None,
-            class: None,
-        });
+            conn.clone(),
+            stream,
+        ));
     }
     while transfers.join_next().await.is_some() {}
+}
+
+async fn read_and_handle(
+    shared: Arc<Shared>,
+    channel: Channel,
+    conn: PeerConnection,
+    stream: IncomingStream,
+) {
+    let (reason, detail) = match stream.read().await {
+        Ok(Some(t)) => return handle(shared, channel, conn, t).await,
+        Ok(None) => return,
+        Err(NetError::FrameTooLarge { len, limit }) => {
+            (RefuseReason::FrameTooLarge, format!("{len} > {limit}"))
+        }
+        Err(NetError::Decode(e)) => (RefuseReason::Malformed, e.clone()),
+        Err(e) => {
+            tracing::debug!(peer = %conn.peer(), error = %e, "stream failed");
+            return;
+        }
+    };
+    shared.refused(&Refused {
+        direction: Direction::Ingress,
+        reason,
+        detail: &detail,
+        peer: Some(conn.peer()),
+        channel,
+        id: None,
+        class: None,
+    });
 }
 
 async fn handle(shared: Arc<Shared>, channel: Channel, conn: PeerConnection, t: IncomingTransfer) {

@@ -1,7 +1,8 @@
 //! Egress: one sender per direct peer and channel. Keeps a connection up
 //! (reconnecting with capped exponential backoff and jitter), sends the
-//! outbox in precedence order with up to `max_in_flight` transfers at once,
-//! and drops a copy only when the next hop has taken custody.
+//! outbox in precedence order with up to `max_in_flight` transfers at once
+//! (a slot is freed as soon as the next hop answers), and drops a copy only
+//! when the next hop has taken custody, recording the hand-offs in batches.
 //!
 //! Not here: whether a copy may go (`sitrep_core::ingress::decide_egress`) or
 //! what the next hop's answer means (`sitrep_core::ingress::next_hop_answer`);
@@ -136,6 +137,12 @@ async fn wait(shared: &Shared, link: &Link, d: Duration) -> bool {
 }
 
 /// Sends until the connection fails or the node stops. True if stopping.
+///
+/// A transfer holds one of the link's `max_in_flight` slots from its send
+/// until the next hop answers. A copy the next hop took into custody is then
+/// *settling*: not sent again, but not holding a slot, while our own
+/// custody record (`Forwarded`) is committed together with the others that
+/// came back meanwhile, one store job per batch.
 async fn send_loop(
     shared: &Arc<Shared>,
     channel: Channel,
@@ -147,7 +154,10 @@ async fn send_loop(
         return true;
     };
     let mut inflight: HashSet<MessageId> = HashSet::new();
+    let mut settling: HashSet<MessageId> = HashSet::new();
+    let mut custody_due: Vec<MessageId> = Vec::new();
     let mut tasks: JoinSet<(MessageId, Sent)> = JoinSet::new();
+    let mut commits: JoinSet<(Vec<MessageId>, bool)> = JoinSet::new();
     let mut pause = Backoff::new(shared.limits.retry_initial, shared.limits.retry_max);
     let mut paused_until: Option<tokio::time::Instant> = None;
     let mut lost = false;
@@ -158,13 +168,18 @@ async fn send_loop(
             conn.close(sitrep_net::close_code::SHUTDOWN, "peer address changed");
             break false;
         }
+        if commits.is_empty() && !custody_due.is_empty() {
+            commits.spawn(commit_custody(
+                Arc::clone(shared),
+                channel,
+                link.peer.clone(),
+                std::mem::take(&mut custody_due),
+            ));
+        }
         let room = shared.limits.max_in_flight.saturating_sub(inflight.len());
         let may_send = paused_until.is_none_or(|t| tokio::time::Instant::now() >= t);
         if room > 0 && may_send && !lost {
-            match rt
-                .store
-                .outbox_peek(&link.peer, room, &|id| inflight.contains(id))
-            {
+            match peek(rt, &link.peer, room, &inflight, &settling).await {
                 Ok(batch) => {
                     for q in batch {
                         inflight.insert(q.id);
@@ -190,6 +205,10 @@ async fn send_loop(
                 inflight.remove(&id);
                 match sent {
                     Sent::Custody | Sent::Refused => {
+                        if matches!(sent, Sent::Custody) {
+                            settling.insert(id);
+                            custody_due.push(id);
+                        }
                         pause.reset();
                         let mut st = lock(&link.state);
                         st.last_seen_ms = Some(now_ms());
@@ -201,6 +220,16 @@ async fn send_loop(
                     Sent::Lost => lost = true,
                 }
             }
+            Some(done) = commits.join_next(), if !commits.is_empty() => {
+                if let Ok((ids, closed)) = done {
+                    for id in &ids {
+                        settling.remove(id);
+                    }
+                    if closed {
+                        break true;
+                    }
+                }
+            }
             () = link.wake.notified() => {}
             _ = conn.closed(), if !lost => lost = true,
             () = tokio::time::sleep(RESCAN) => {}
@@ -208,11 +237,77 @@ async fn send_loop(
     };
     // Let in-flight transfers finish: their answers decide custody.
     while let Some(done) = tasks.join_next().await {
-        if let Ok((id, _)) = done {
-            inflight.remove(&id);
+        if let Ok((id, Sent::Custody)) = done {
+            custody_due.push(id);
         }
     }
+    while commits.join_next().await.is_some() {}
+    if !custody_due.is_empty() {
+        commit_custody(Arc::clone(shared), channel, link.peer.clone(), custody_due).await;
+    }
     stopping
+}
+
+/// Up to `room` queued copies for `peer` that are neither in flight nor
+/// settling, read on a blocking thread (index lookups and log reads).
+async fn peek(
+    rt: &ChannelRt,
+    peer: &NodeId,
+    room: usize,
+    inflight: &HashSet<MessageId>,
+    settling: &HashSet<MessageId>,
+) -> Result<Vec<Queued>, StoreError> {
+    let store = rt.store.clone();
+    let peer = peer.clone();
+    let skip: HashSet<MessageId> = inflight.union(settling).copied().collect();
+    tokio::task::spawn_blocking(move || store.outbox_peek(&peer, room, &|id| skip.contains(id)))
+        .await
+        .unwrap_or(Err(StoreError::Closed))
+}
+
+/// Records that `peer` took custody of `ids`: one store job, then the
+/// audit lines, counters and events. Returns the ids (no longer settling)
+/// and whether the store is closed. On a store error the copies stay
+/// queued: they are sent again and the next hop answers DUPLICATE, which
+/// is custody too.
+async fn commit_custody(
+    shared: Arc<Shared>,
+    channel: Channel,
+    peer: NodeId,
+    ids: Vec<MessageId>,
+) -> (Vec<MessageId>, bool) {
+    let Some(rt) = shared.channels.get(&channel) else {
+        return (ids, true);
+    };
+    let now = now_ms();
+    let ops = ids
+        .iter()
+        .map(|id| Op::Forwarded {
+            id: *id,
+            next_hop: peer.clone(),
+            now_ms: now,
+        })
+        .collect();
+    match rt.store.apply(ops).await {
+        Ok(_) => {
+            for id in &ids {
+                tracing::debug!(%id, next_hop = %peer, "forwarded");
+                shared.audit("forward", Some(*id), Some(&peer), channel, None, "");
+                shared.counters.inc(Event::Forwarded);
+                shared.emit(NodeEvent::Forwarded {
+                    id: *id,
+                    next_hop: peer.clone(),
+                });
+            }
+            shared.bump();
+            (ids, false)
+        }
+        Err(StoreError::Closed) => (ids, true),
+        Err(e) => {
+            tracing::error!(count = ids.len(), error = %e, "cannot record custody hand-off");
+            (ids, false)
+        }
+    }
 }
 
 async fn send_one(
@@ -269,7 +364,7 @@ async fn send_one(
     };
     match next_hop_answer(answer.kind.as_ref()) {
         // Accepted, or it already had it (an earlier attempt's answer was lost).
-        NextHopAnswer::Custody => (id, custody(&shared, rt, &peer, id).await),
+        NextHopAnswer::Custody => (id, Sent::Custody),
         NextHopAnswer::Refused(r) => (id, refuse(&shared, rt, &peer, id, r.detail, r.reason).await),
         NextHopAnswer::Retry => {
             tracing::debug!(%id, peer = %peer, "next hop asks to retry");
@@ -278,36 +373,6 @@ async fn send_one(
         NextHopAnswer::ProtocolError => {
             conn.close(sitrep_net::close_code::PROTOCOL, "expected Accepted or Rejected");
             (id, Sent::Lost)
-        }
-    }
-}
-
-async fn custody(shared: &Shared, rt: &ChannelRt, peer: &NodeId, id: MessageId) -> Sent {
-    match rt
-        .store
-        .apply(vec![Op::Forwarded {
-            id,
-            next_hop: peer.clone(),
-            now_ms: now_ms(),
-        }])
-        .await
-    {
-        Ok(_) => {
-            tracing::debug!(%id, next_hop = %peer, "forwarded");
-            shared.audit("forward", Some(id), Some(peer), rt.channel, None, "");
-            shared.counters.inc(Event::Forwarded);
-            shared.emit(NodeEvent::Forwarded {
-                id,
-                next_hop: peer.clone(),
-            });
-            shared.bump();
-            Sent::Custody
-        }
-        Err(StoreError::Closed) => Sent::Lost,
-        Err(e) => {
-            // The next hop has it; we resend later and it answers DUPLICATE.
-            tracing::error!(%id, error = %e, "cannot record custody hand-off");
-            Sent::Retry
         }
     }
 }

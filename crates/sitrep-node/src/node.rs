@@ -83,6 +83,7 @@ impl Node {
             stream_receive_window: TransportLimits::stream_window_for(config.limits.max_frame_bytes),
             idle_timeout: config.limits.idle_timeout,
             keep_alive: config.limits.keep_alive,
+            frame_timeout: config.limits.frame_timeout,
             ..TransportLimits::default()
         };
         let mut channels = BTreeMap::new();
@@ -352,10 +353,17 @@ impl Node {
             closing.spawn(async move { endpoint.shutdown().await });
         }
         while closing.join_next().await.is_some() {}
-        for rt in self.shared.channels.values() {
-            rt.store.close();
+        // Joining the writer threads (their last flush) off the runtime workers.
+        let shared = Arc::clone(&self.shared);
+        let closed = tokio::task::spawn_blocking(move || {
+            for rt in shared.channels.values() {
+                rt.store.close();
+            }
+            shared.audit.close();
+        });
+        if let Err(e) = closed.await {
+            tracing::error!(error = %e, "closing the stores failed");
         }
-        self.shared.audit.close();
         tracing::info!(node = %self.shared.id, "stopped");
     }
 }

@@ -188,9 +188,12 @@ pub(super) async fn inbox(
             Channel::Open => &mut open_at,
             Channel::Secure => &mut secure_at,
         };
-        let got = state
-            .service
-            .inbox(channel, *at, limit)
+        // Log reads and HPKE opening: on a blocking thread, not a runtime worker.
+        let service = state.service.clone();
+        let from = *at;
+        let got = tokio::task::spawn_blocking(move || service.inbox(channel, from, limit))
+            .await
+            .map_err(|e| ApiError::unavailable(format!("inbox read stopped: {e}")))?
             .map_err(ApiError::unavailable)?;
         for r in got {
             *at = r.cursor;
