@@ -178,7 +178,10 @@ async fn send_loop(
         }
         let room = shared.limits.max_in_flight.saturating_sub(inflight.len());
         let may_send = paused_until.is_none_or(|t| tokio::time::Instant::now() >= t);
-        if room > 0 && may_send && !lost {
+        // Refill in batches of a quarter window (or when idle): each peek
+        // walks the outbox past every copy in flight or settling.
+        let batch = (shared.limits.max_in_flight / 4).max(1);
+        if room > 0 && (room >= batch || inflight.is_empty()) && may_send && !lost {
             match peek(rt, &link.peer, room, &inflight, &settling).await {
                 Ok(batch) => {
                     for q in batch {

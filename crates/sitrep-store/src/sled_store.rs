@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -43,6 +44,8 @@ const INDEX_FLUSH_MS: u64 = 1000;
 /// 100,000 pending keys: replay applies what it has to sled and moves
 /// `log.applied` on at this size, so rebuilding a large index needs bounded memory.
 const REPLAY_CHUNK_KEYS: usize = 100_000;
+/// 2 s: how long open waits for the index's file lock (see `open_index`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The log record kind of one job ([`JobPb`]).
 const RECORD_JOB: u8 = 1;
 /// The index key holding the log position just after the last record
@@ -80,7 +83,12 @@ struct Inner {
     /// Whether sealed segments with nothing live are deleted.
     reclaim: std::sync::atomic::AtomicBool,
     /// Segments deleted since open.
-    reclaimed: std::sync::atomic::AtomicU64,
+    reclaimed: AtomicU64,
+    /// Segments before this one are sealed and their live counts applied.
+    reclaim_upto: AtomicU64,
+    /// Wakes the reclaimer thread; dropped at close to end it.
+    reclaim_ping: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    reclaimer: Mutex<Option<JoinHandle<()>>>,
     /// The first storage failure; once set, every write is refused.
     failed: Mutex<Option<String>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
@@ -150,12 +158,7 @@ impl SledStore {
             path: path.clone(),
             source,
         })?;
-        let db = sled::Config::new()
-            .path(dir.join(INDEX_DIR))
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(INDEX_FLUSH_MS))
-            .open()
-            .map_err(db_err)?;
+        let db = open_index(&dir.join(INDEX_DIR)).map_err(db_err)?;
         let version = db
             .get(keys::counter(VERSION_KEY))
             .map_err(db_err)?
@@ -201,13 +204,17 @@ impl SledStore {
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let counters = Counters::load(&db).map_err(db_err)?;
+        let log_active = log.tail().segment;
         let inner = Arc::new(Inner {
             db,
             log,
             path: path.clone(),
             index_dir: dir.join(INDEX_DIR),
             reclaim: std::sync::atomic::AtomicBool::new(true),
-            reclaimed: std::sync::atomic::AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
+            reclaim_upto: AtomicU64::new(log_active),
+            reclaim_ping: Mutex::new(None),
+            reclaimer: Mutex::new(None),
             failed: Mutex::new(None),
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
@@ -217,6 +224,14 @@ impl SledStore {
         if reclaimed > 0 {
             tracing::info!(store = %path, segments = reclaimed, "log segments reclaimed at open");
         }
+        let (ping, pings) = std::sync::mpsc::sync_channel(1);
+        let for_reclaimer = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("sitrep-store-reclaim".into())
+            .spawn(move || reclaimer(&for_reclaimer, &pings))
+            .map_err(|e| db_err(sled::Error::Io(e)))?;
+        *lock(&inner.reclaim_ping) = Some(ping);
+        *lock(&inner.reclaimer) = Some(handle);
         let for_writer = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("sitrep-store-writer".into())
@@ -454,6 +469,37 @@ impl Storage for SledStore {
         {
             tracing::error!(path = %self.inner.path, "store writer panicked");
         }
+        drop(lock(&self.inner.reclaim_ping).take());
+        if let Some(h) = lock(&self.inner.reclaimer).take()
+            && h.join().is_err()
+        {
+            tracing::error!(path = %self.inner.path, "store reclaimer panicked");
+        }
+    }
+}
+
+/// Opens the sled index. sled releases its file lock only when its
+/// background I/O of a closed instance has finished, a few milliseconds
+/// after the close: a store reopened in the same process (a restart in
+/// tests, a roster-driven restart) waits that long rather than failing.
+/// Another process holding the lock still fails, after [`LOCK_WAIT`].
+fn open_index(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(Some(INDEX_FLUSH_MS))
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -517,15 +563,23 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         let committed = commit(inner, group, &records);
         // The group is durable and applied whatever happens next; a failed
         // reclamation stops only the writes after it.
-        let reclaimed = match &committed {
-            // A segment may have emptied (an entry released) or been sealed.
-            Ok(emptied) if *emptied || inner.log.tail().segment != last_active => {
-                last_active = inner.log.tail().segment;
-                reclaim(inner).map(|_| ())
+        if let Ok(emptied) = &committed {
+            // A segment may have emptied (an entry released) or been sealed:
+            // the reclaimer looks, off this thread. Every segment before the
+            // active one is sealed and its live counts are in the index now.
+            let active = inner.log.tail().segment;
+            if *emptied || active != last_active {
+                last_active = active;
+                inner
+                    .reclaim_upto
+                    .fetch_max(active, std::sync::atomic::Ordering::Release);
+                if let Some(ping) = lock(&inner.reclaim_ping).as_ref() {
+                    // Full: a look is already due, and it reads the newest bound.
+                    let _ = ping.try_send(());
+                }
             }
-            _ => Ok(()),
-        };
-        if let Err(reason) = committed.clone().map(|_| ()).and(reclaimed) {
+        }
+        if let Err(reason) = &committed {
             tracing::error!(store = %inner.path, error = %reason, "store refuses writes from now on");
             let mut f = lock(&inner.failed);
             if f.is_none() {
@@ -594,12 +648,11 @@ fn reclaim(inner: &Inner) -> std::result::Result<usize, String> {
     if !inner.reclaim.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(0);
     }
-    let segments = inner.log.segments();
-    let Some((_active, sealed)) = segments.split_last() else {
-        return Ok(0);
-    };
+    // Only segments whose live counts the writer has applied.
+    let upto = inner.reclaim_upto.load(std::sync::atomic::Ordering::Acquire);
+    let sealed: Vec<u64> = inner.log.segments().into_iter().filter(|s| *s < upto).collect();
     let mut dead = Vec::new();
-    for &segment in sealed {
+    for &segment in &sealed {
         if !inner
             .db
             .contains_key(keys::live(segment))
@@ -627,6 +680,24 @@ fn reclaim(inner: &Inner) -> std::result::Result<usize, String> {
     }
     tracing::debug!(store = %inner.path, segments = dead.len(), "log segments reclaimed");
     Ok(dead.len())
+}
+
+/// The reclaimer thread: looks for dead segments whenever the writer pings,
+/// so that the index flush and fsyncs before a deletion never hold up a
+/// group commit. A failure makes the store refuse writes.
+fn reclaimer(inner: &Inner, ping: &std::sync::mpsc::Receiver<()>) {
+    while ping.recv().is_ok() {
+        if lock(&inner.failed).is_some() {
+            continue;
+        }
+        if let Err(reason) = reclaim(inner) {
+            tracing::error!(store = %inner.path, error = %reason, "store refuses writes from now on");
+            let mut f = lock(&inner.failed);
+            if f.is_none() {
+                *f = Some(reason);
+            }
+        }
+    }
 }
 
 /// fsyncs every file under `dir` (sled's files, one level of
