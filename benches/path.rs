@@ -119,6 +119,12 @@ async fn run(p: Params) -> anyhow::Result<()> {
     if std::env::var_os("SITREP_BENCH_DIAG").is_some() {
         diagnose(&template, p.n).await.context("diagnosis")?;
     }
+    if let Some(n) = std::env::var("SITREP_BENCH_BACKLOG")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        backlog(&template, n).await.context("backlog")?;
+    }
     let net = Arc::new(TestNet::start(&line()).await);
 
     // Warm-up: connections, handshakes, sled trees; not measured.
@@ -455,6 +461,88 @@ async fn diagnose(template: &Arc<pb::SituationReport>, n: usize) -> anyhow::Resu
         n as f64 / submitted.as_secs_f64(),
     );
     println!("{breakdown}");
+    Ok(())
+}
+
+/// This process's resident memory now (`VmRSS`), bytes.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// `SITREP_BENCH_BACKLOG=N`: the authority is down while N reports go in
+/// (they wait in the hub's custody), then it starts; prints how fast the
+/// backlog drains to it (from its start to the last delivery) and the
+/// process's largest RSS (all three nodes) while it does.
+async fn backlog(template: &Arc<pb::SituationReport>, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Params::timeout(n) * 2;
+    let mut net = TestNet::start(&line()).await;
+    net.stop(AUTHORITY).await;
+    let t0 = Instant::now();
+    let mut net = {
+        let net = Arc::new(net);
+        submit_all(&net, template, n, deadline).await?;
+        let hub = net.node("nspl-hub");
+        let mut rx = hub.watch();
+        loop {
+            rx.mark_unchanged();
+            let queued: u64 = hub.outboxes().iter().map(|(_, h)| h.depth).sum();
+            if queued >= n as u64 {
+                break;
+            }
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .map_err(|_| anyhow!("backlog: filling timed out"))?
+                .map_err(|_| anyhow!("backlog: hub stopped"))?;
+        }
+        Arc::try_unwrap(net).map_err(|_| anyhow!("the test net is still shared"))?
+    };
+    let filled = t0.elapsed();
+    let rss_before = rss_bytes().unwrap_or(0);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(rss_before));
+    let sampler = {
+        let peak = Arc::clone(&peak);
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes().unwrap_or(0), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let t1 = Instant::now();
+    net.start_node(AUTHORITY).await;
+    let authority = net.node(AUTHORITY);
+    let mut rx = authority.watch();
+    loop {
+        rx.mark_unchanged();
+        if authority.counters().get("delivered") >= n as u64 {
+            break;
+        }
+        tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .map_err(|_| anyhow!("backlog: draining timed out"))?
+            .map_err(|_| anyhow!("backlog: authority stopped"))?;
+    }
+    let drained = t1.elapsed();
+    sampler.abort();
+    let _ = sampler.await;
+    println!(
+        "path.backlog n={n} fill_s={:.1} drain_s={:.1} drain_per_s={:.0} rss_before_mib={:.0} rss_peak_mib={:.0}",
+        filled.as_secs_f64(),
+        drained.as_secs_f64(),
+        n as f64 / drained.as_secs_f64(),
+        rss_before as f64 / 1048576.0,
+        peak.load(Ordering::Relaxed) as f64 / 1048576.0,
+    );
+    net.shutdown().await;
     Ok(())
 }
 
