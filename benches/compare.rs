@@ -1,0 +1,658 @@
+//! Side by side, in one run: NATS JetStream (file storage, `sync_interval:
+//! always`, mutual TLS, 4 KiB publishes each awaiting its PubAck, 64 in
+//! flight) and sitrep's one hop (region-uppsala → nspl-hub custody, 4 KiB
+//! SENSITIVE reports, 64 submissions in flight), and the ratio of the two.
+//!
+//! `benches/compare/run.sh` installs nats-server into a venv and runs
+//! `SITREP_NATS_SERVER=<path> cargo bench --bench compare`. Without
+//! `--bench` (as `cargo test --all-targets` runs it), or without
+//! `SITREP_NATS_SERVER`, it prints why it skipped and exits 0: CI needs
+//! neither network nor NATS.
+//!
+//! For each run it also prints how busy the machine's CPUs were (from
+//! `/proc/stat`) and how much of that was the bench itself, so figures
+//! taken on a shared machine can be judged.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use async_nats::jetstream;
+use prost::Message as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use sitrep_core::{Class, Label, Mode, NodeId, Precedence};
+use sitrep_node::{Content, Submission};
+use sitrep_proto::v1 as pb;
+use sitrep_testkit::{TestNet, line};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+const REGION: &str = "region-uppsala";
+const HUB: &str = "nspl-hub";
+/// Named as recipient but never started, so reports stop in the hub's custody.
+const AUTHORITY: &str = "socialstyrelsen";
+/// NATS payload and encoded sitrep report: the same 4 KiB.
+const PAYLOAD_BYTES: usize = 4096;
+/// Publishes awaiting their PubAck, and sitrep submissions, at once.
+const IN_FLIGHT: usize = 64;
+/// Sent and waited for before each measurement: connections, handshakes,
+/// files created, caches warm. Not measured.
+const WARMUP: usize = 500;
+/// Messages per measured run unless `SITREP_BENCH_N` says otherwise.
+const DEFAULT_N: usize = 20_000;
+/// JetStream stream the publishes go to.
+const STREAM: &str = "BENCH";
+
+fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "compare: skipped (not run with --bench; it needs a nats-server, see benches/compare/run.sh)"
+        );
+        return Ok(());
+    }
+    let Some(server) = std::env::var_os("SITREP_NATS_SERVER") else {
+        println!(
+            "compare: skipped (SITREP_NATS_SERVER, the path to a nats-server binary, is not set; \
+             benches/compare/run.sh installs one and sets it)"
+        );
+        return Ok(());
+    };
+    let n = match std::env::var("SITREP_BENCH_N") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("SITREP_BENCH_N={v:?} is not a number"))?,
+        Err(_) => DEFAULT_N,
+    };
+    ensure!(n > 0, "SITREP_BENCH_N must be positive");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let result = rt.block_on(run(PathBuf::from(server), n));
+    // Never hang on the way out, whatever state an error left the nodes in.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn run(server: PathBuf, n: usize) -> anyhow::Result<()> {
+    let nats = nats(&server, n).await.context("NATS JetStream run")?;
+    println!(
+        "compare.nats msgs_per_s={:.0} n={n} in_flight={IN_FLIGHT} payload_bytes={PAYLOAD_BYTES} elapsed_s={:.3} \
+         server={} storage=file sync_always=true tls=mutual {} server_pct={:.1}",
+        nats.per_s,
+        nats.elapsed.as_secs_f64(),
+        nats.version,
+        nats.load,
+        nats.load.per_process_pct.get(1).copied().unwrap_or_default(),
+    );
+    let sitrep = one_hop(n).await.context("sitrep one hop run")?;
+    println!(
+        "compare.sitrep_one_hop reports_per_s={:.0} n={n} in_flight={IN_FLIGHT} report_bytes={PAYLOAD_BYTES} \
+         elapsed_s={:.3} all_submitted_s={:.3} {}",
+        sitrep.per_s,
+        sitrep.elapsed.as_secs_f64(),
+        sitrep.submitted.as_secs_f64(),
+        sitrep.load,
+    );
+    println!("compare.ratio sitrep/nats={:.2}", sitrep.per_s / nats.per_s);
+    Ok(())
+}
+
+/// Generous: a run slower than 50 messages/s still finishes.
+fn timeout(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(20).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+// ---------------------------------------------------------------------------
+// Machine load
+
+/// Jiffies of all CPUs together, from the first line of `/proc/stat`.
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    total: u64,
+    idle: u64,
+    iowait: u64,
+}
+
+fn machine_cpu() -> anyhow::Result<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
+    let first = stat.lines().next().unwrap_or_default();
+    let f: Vec<u64> = first
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("/proc/stat: {first:?}"))?;
+    ensure!(f.len() >= 8, "/proc/stat: too few fields in {first:?}");
+    // user nice system idle iowait irq softirq steal; guest time is already in user.
+    Ok(CpuTimes {
+        total: f.iter().take(8).sum(),
+        idle: f[3],
+        iowait: f[4],
+    })
+}
+
+/// User + system jiffies of process `pid` ("self" for this one), all threads.
+fn process_cpu(pid: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("{path}: no ')'"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let field = |i: usize| -> anyhow::Result<u64> {
+        f.get(i - 3)
+            .ok_or_else(|| anyhow!("{path}: no field {i}"))?
+            .parse()
+            .with_context(|| format!("{path}: field {i}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// CPU use of the machine while something ran, and the bench's part of it.
+#[derive(Debug)]
+struct LoadMeter {
+    /// The processes that count as the bench, and their CPU time at the start.
+    pids: Vec<(String, u64)>,
+    machine: CpuTimes,
+}
+
+impl LoadMeter {
+    /// Starts measuring; `pids` are the processes that count as the bench.
+    fn start(pids: &[&str]) -> anyhow::Result<Self> {
+        let pids = pids
+            .iter()
+            .map(|p| Ok(((*p).to_owned(), process_cpu(p)?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self {
+            pids,
+            machine: machine_cpu()?,
+        })
+    }
+
+    fn finish(&self) -> anyhow::Result<Load> {
+        let used = self
+            .pids
+            .iter()
+            .map(|(p, before)| Ok(process_cpu(p)?.saturating_sub(*before)))
+            .collect::<anyhow::Result<Vec<u64>>>()?;
+        let m = machine_cpu()?;
+        let total = m.total.saturating_sub(self.machine.total).max(1) as f64;
+        let idle = m.idle.saturating_sub(self.machine.idle) as f64;
+        let iowait = m.iowait.saturating_sub(self.machine.iowait) as f64;
+        let busy_pct = 100.0 * (total - idle - iowait) / total;
+        let per_process_pct: Vec<f64> = used.iter().map(|u| 100.0 * *u as f64 / total).collect();
+        let bench_pct = per_process_pct.iter().sum::<f64>();
+        let loadavg = std::fs::read_to_string("/proc/loadavg").context("/proc/loadavg")?;
+        Ok(Load {
+            busy_pct,
+            iowait_pct: 100.0 * iowait / total,
+            bench_pct,
+            per_process_pct,
+            // Process and machine times are sampled a moment apart.
+            others_pct: (busy_pct - bench_pct).max(0.0),
+            loadavg_1m: loadavg.split_whitespace().next().unwrap_or("?").to_owned(),
+        })
+    }
+}
+
+/// Percentages of all CPUs over one run.
+#[derive(Debug)]
+struct Load {
+    /// Not idle and not waiting for I/O.
+    busy_pct: f64,
+    iowait_pct: f64,
+    /// This process, and the NATS server during the NATS run.
+    bench_pct: f64,
+    /// `bench_pct` per process, in the order given to [`LoadMeter::start`].
+    per_process_pct: Vec<f64>,
+    /// Everything else on the machine.
+    others_pct: f64,
+    loadavg_1m: String,
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cpu_busy_pct={:.1} iowait_pct={:.1} bench_pct={:.1} others_pct={:.1} loadavg_1m={}",
+            self.busy_pct, self.iowait_pct, self.bench_pct, self.others_pct, self.loadavg_1m
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// NATS JetStream
+
+/// Files of the throwaway PKI for mutual TLS.
+#[derive(Debug)]
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "sitrep compare bench CA (throwaway)");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate()?)?;
+
+    let leaf = |name: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<_> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.subject_alt_names = sans;
+        p.extended_key_usages = vec![usage];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.use_authority_key_identifier_extension = true;
+        let cert = p.signed_by(&key, &ca)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+    let (server_cert, server_key) = leaf(
+        "nats-server",
+        vec![
+            SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
+            SanType::DnsName("localhost".try_into()?),
+        ],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    let (client_cert, client_key) = leaf("bench-client", vec![], ExtendedKeyUsagePurpose::ClientAuth)?;
+
+    let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    };
+    Ok(Pki {
+        ca: write("ca.crt", &ca.pem())?,
+        server_cert: write("server.crt", &server_cert)?,
+        server_key: write("server.key", &server_key)?,
+        client_cert: write("client.crt", &client_cert)?,
+        client_key: write("client.key", &client_key)?,
+    })
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("bind 127.0.0.1:0")?;
+    Ok(l.local_addr().context("local addr")?.port())
+}
+
+/// A running nats-server child; killed when dropped, whatever happened.
+#[derive(Debug)]
+struct NatsServer {
+    child: Child,
+    addr: SocketAddr,
+    /// Monitoring endpoint, for `/varz`.
+    http: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // It may already have exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl NatsServer {
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Starts `binary` with mutual TLS and JetStream on file storage with an
+    /// fsync per write, in `dir`, and waits until it accepts connections.
+    async fn start(binary: &Path, dir: &Path, pki: &Pki) -> anyhow::Result<Self> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let http = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let store = dir.join("jetstream");
+        let q = |p: &Path| format!("\"{}\"", p.display());
+        let conf = format!(
+            "server_name: sitrep_compare\n\
+             listen: \"{addr}\"\n\
+             http: \"{http}\"\n\
+             tls {{\n  cert_file: {}\n  key_file: {}\n  ca_file: {}\n  verify: true\n  timeout: 5\n}}\n\
+             jetstream {{\n  store_dir: {}\n  sync_interval: always\n}}\n",
+            q(&pki.server_cert),
+            q(&pki.server_key),
+            q(&pki.ca),
+            q(&store),
+        );
+        let conf_path = dir.join("nats-server.conf");
+        std::fs::write(&conf_path, conf).context("write nats-server.conf")?;
+        let log = dir.join("nats-server.log");
+        let out = std::fs::File::create(&log).context("create nats-server.log")?;
+        let err = out.try_clone().context("nats-server.log")?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let mut server = Self {
+            child,
+            addr,
+            http,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = server.child.try_wait().context("nats-server status")? {
+                bail!(
+                    "nats-server exited ({status}) before it was ready:\n{}",
+                    server.log_tail()
+                );
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nats-server did not listen on {addr} within 15 s:\n{}",
+                    server.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Checks the server's own view of its JetStream config (`/varz`): that
+    /// `sync_interval: always` took, not just that the file said so.
+    async fn check_sync_always(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/varz", self.http);
+        let varz: serde_json::Value = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let mut resp = ureq::get(&url).call().with_context(|| format!("GET {url}"))?;
+            resp.body_mut().read_json().context("/varz is not JSON")
+        })
+        .await
+        .map_err(|e| anyhow!("varz task failed: {e}"))??;
+        let config = &varz["jetstream"]["config"];
+        ensure!(
+            config["sync_always"].as_bool() == Some(true),
+            "nats-server does not report sync_always=true in /varz; its JetStream config: {config}"
+        );
+        Ok(())
+    }
+}
+
+struct NatsRun {
+    per_s: f64,
+    elapsed: Duration,
+    version: String,
+    load: Load,
+}
+
+async fn nats(binary: &Path, n: usize) -> anyhow::Result<NatsRun> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let pki = write_pki(dir.path()).context("throwaway PKI")?;
+    let server = NatsServer::start(binary, dir.path(), &pki).await?;
+    let result = nats_load(&server, &pki, n).await;
+    let result = result.with_context(|| format!("nats-server log, last lines:\n{}", server.log_tail()));
+    drop(server);
+    result
+}
+
+async fn nats_load(server: &NatsServer, pki: &Pki, n: usize) -> anyhow::Result<NatsRun> {
+    server.check_sync_always().await?;
+    let client = async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(pki.ca.clone())
+        .add_client_certificate(pki.client_cert.clone(), pki.client_key.clone())
+        .connection_timeout(Duration::from_secs(5))
+        .connect(format!("tls://{}", server.addr))
+        .await
+        .context("connect to nats-server with mutual TLS")?;
+    let version = client.server_info().version;
+    let js = jetstream::new(client);
+    let mut stream = js
+        .create_stream(jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec!["bench.>".into()],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("create stream")?;
+    let payload = Arc::new(vec![0x5a_u8; PAYLOAD_BYTES]);
+
+    publish_all(&js, &payload, WARMUP).await.context("warm-up")?;
+    let meter = LoadMeter::start(&["self", &server.child.id().to_string()])?;
+    let t0 = Instant::now();
+    publish_all(&js, &payload, n).await.context("measured run")?;
+    let elapsed = t0.elapsed();
+    let load = meter.finish()?;
+
+    let info = stream.info().await.context("stream info")?;
+    ensure!(
+        info.config.storage == jetstream::stream::StorageType::File,
+        "the stream is not on file storage"
+    );
+    ensure!(
+        info.state.messages == (WARMUP + n) as u64,
+        "the stream holds {} messages, expected {}",
+        info.state.messages,
+        WARMUP + n
+    );
+    Ok(NatsRun {
+        per_s: n as f64 / elapsed.as_secs_f64(),
+        elapsed,
+        version,
+        load,
+    })
+}
+
+/// Publishes `n` payloads to `bench.load`, each awaiting its PubAck, at
+/// most [`IN_FLIGHT`] awaiting at once.
+async fn publish_all(js: &jetstream::Context, payload: &Arc<Vec<u8>>, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout(n);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = JoinSet::new();
+    for _ in 0..IN_FLIGHT.min(n) {
+        let (js, payload, next) = (js.clone(), Arc::clone(payload), Arc::clone(&next));
+        workers.spawn(async move {
+            let mut acked = 0usize;
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let ack = tokio::time::timeout_at(deadline, async {
+                    js.publish("bench.load", payload.as_ref().clone().into())
+                        .await
+                        .context("publish")?
+                        .await
+                        .context("PubAck")
+                })
+                .await
+                .map_err(|_| anyhow!("publish timed out"))??;
+                ensure!(
+                    !ack.duplicate,
+                    "PubAck says duplicate (sequence {})",
+                    ack.sequence
+                );
+                acked += 1;
+            }
+            anyhow::Ok(acked)
+        });
+    }
+    let mut acked = 0;
+    while let Some(r) = workers.join_next().await {
+        acked += r.map_err(|e| anyhow!("publisher failed: {e}"))??;
+    }
+    ensure!(acked == n, "{acked} of {n} publishes acknowledged");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// sitrep one hop
+
+struct OneHop {
+    per_s: f64,
+    /// First submit to the hub's custody of the last report.
+    elapsed: Duration,
+    /// First submit to the last submit returning (durable at the region).
+    submitted: Duration,
+    load: Load,
+}
+
+/// region-uppsala and nspl-hub only: the authority never starts, so the
+/// hub takes custody and queues. The approach of `path`'s one-hop diagnosis.
+async fn one_hop(n: usize) -> anyhow::Result<OneHop> {
+    let template = Arc::new(report_template()?);
+    let mut net = TestNet::prepare(&line());
+    // The hub first, so the region starts with its address.
+    net.start_node(HUB).await;
+    net.start_node(REGION).await;
+    let net = Arc::new(net);
+
+    to_custody(&net, &template, 0, WARMUP).await.context("warm-up")?;
+    let meter = LoadMeter::start(&["self"])?;
+    let (elapsed, submitted) = to_custody(&net, &template, WARMUP, n)
+        .await
+        .context("measured run")?;
+    let load = meter.finish()?;
+
+    Arc::try_unwrap(net)
+        .map_err(|_| anyhow!("the test net is still shared"))?
+        .shutdown()
+        .await;
+    Ok(OneHop {
+        per_s: n as f64 / elapsed.as_secs_f64(),
+        elapsed,
+        submitted,
+        load,
+    })
+}
+
+/// Submits `n` reports (numbered from `first`) and waits until the hub has
+/// taken custody of all of them: from the first submit, until then and
+/// until the last submit returned.
+async fn to_custody(
+    net: &Arc<TestNet>,
+    template: &Arc<pb::SituationReport>,
+    first: usize,
+    n: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let deadline = Instant::now() + timeout(n);
+    let hub = net.node(HUB);
+    let want = hub.counters().get("accepted") + n as u64;
+    let mut rx = hub.watch();
+    let t0 = Instant::now();
+    submit_all(net, template, first, n, deadline).await?;
+    let submitted = t0.elapsed();
+    loop {
+        // Mark first, then check: a change after the check still wakes us.
+        rx.mark_unchanged();
+        let accepted = hub.counters().get("accepted");
+        if accepted >= want {
+            break;
+        }
+        tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "timed out with {} of {n} in the hub's custody",
+                    n as u64 + accepted - want
+                )
+            })?
+            .map_err(|_| anyhow!("the hub stopped"))?;
+    }
+    Ok((t0.elapsed(), submitted))
+}
+
+/// Submits reports `first..first + n` at the region, [`IN_FLIGHT`] at a
+/// time, as fast as it takes them.
+async fn submit_all(
+    net: &Arc<TestNet>,
+    template: &Arc<pb::SituationReport>,
+    first: usize,
+    n: usize,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(first));
+    let end = first + n;
+    let mut workers = JoinSet::new();
+    for _ in 0..IN_FLIGHT.min(n) {
+        let (net, template, next) = (Arc::clone(net), Arc::clone(template), Arc::clone(&next));
+        workers.spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    return anyhow::Ok(done);
+                }
+                let sub = submission(&template, i)?;
+                tokio::time::timeout_at(deadline, net.node(REGION).submit(sub))
+                    .await
+                    .map_err(|_| anyhow!("submit timed out"))?
+                    .context("submit")?;
+                done += 1;
+            }
+        });
+    }
+    let mut done = 0;
+    while let Some(r) = workers.join_next().await {
+        done += r.map_err(|e| anyhow!("submitter failed: {e}"))??;
+    }
+    ensure!(done == n, "submitted {done} of {n}");
+    Ok(())
+}
+
+/// Uppsala's example report with the assessment padded so that the encoded
+/// report is [`PAYLOAD_BYTES`] long (as in `benches/path.rs`).
+fn report_template() -> anyhow::Result<pb::SituationReport> {
+    let mut r = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
+    r.assessment.clear();
+    // Field tag + a two-byte length for an assessment of this size.
+    let overhead = r.encoded_len() + 3;
+    ensure!(
+        overhead < PAYLOAD_BYTES,
+        "the example report is already {overhead} bytes"
+    );
+    r.assessment = "IVA-beläggning över basnivå. "
+        .chars()
+        .cycle()
+        .take(PAYLOAD_BYTES - overhead)
+        .collect();
+    // Non-ASCII characters are two bytes: trim to the byte budget.
+    while r.encoded_len() > PAYLOAD_BYTES {
+        r.assessment.pop();
+    }
+    sitrep_core::report::validate(&r).map_err(|e| anyhow!("report template invalid: {e:?}"))?;
+    Ok(r)
+}
+
+fn submission(template: &pb::SituationReport, number: usize) -> anyhow::Result<Submission> {
+    let mut r = template.clone();
+    r.report_number = u32::try_from(number % 1_000_000).context("report number")? + 1;
+    Ok(Submission {
+        author: "TiB Region Uppsala".into(),
+        label: Label::new(Class::Sensitive),
+        precedence: Precedence::Routine,
+        mode: Mode::Exercise,
+        recipients: vec![NodeId::new(AUTHORITY).context("node id")?],
+        expires_ms: None,
+        content: Content::Report(r),
+    })
+}
