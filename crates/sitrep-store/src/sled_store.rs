@@ -44,6 +44,10 @@ const INDEX_FLUSH_MS: u64 = 1000;
 /// 100,000 pending keys: replay applies what it has to sled and moves
 /// `log.applied` on at this size, so rebuilding a large index needs bounded memory.
 const REPLAY_CHUNK_KEYS: usize = 100_000;
+/// 10 s between segment deletion rounds at most: a round flushes and
+/// fsyncs the index, which competes with group commits for the disk; the
+/// price is up to 10 s of traffic kept on disk a little longer.
+const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// 2 s: how long open waits for the index's file lock (see `open_index`).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The log record kind of one job ([`JobPb`]).
@@ -84,6 +88,8 @@ struct Inner {
     reclaim: std::sync::atomic::AtomicBool,
     /// Segments deleted since open.
     reclaimed: AtomicU64,
+    /// Least time between deletion rounds, ms.
+    reclaim_every_ms: AtomicU64,
     /// Segments before this one are sealed and their live counts applied.
     reclaim_upto: AtomicU64,
     /// Wakes the reclaimer thread; dropped at close to end it.
@@ -212,6 +218,7 @@ impl SledStore {
             index_dir: dir.join(INDEX_DIR),
             reclaim: std::sync::atomic::AtomicBool::new(true),
             reclaimed: AtomicU64::new(0),
+            reclaim_every_ms: AtomicU64::new(u64::try_from(RECLAIM_EVERY.as_millis()).unwrap_or(u64::MAX)),
             reclaim_upto: AtomicU64::new(log_active),
             reclaim_ping: Mutex::new(None),
             reclaimer: Mutex::new(None),
@@ -292,6 +299,15 @@ impl SledStore {
     #[doc(hidden)]
     pub fn set_reclaim(&self, on: bool) {
         self.inner.reclaim.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the least time between segment deletion rounds (tests use zero).
+    #[doc(hidden)]
+    pub fn set_reclaim_every(&self, every: std::time::Duration) {
+        let ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        self.inner
+            .reclaim_every_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Log segments on disk now (the last is the one appends go to).
@@ -686,11 +702,30 @@ fn reclaim(inner: &Inner) -> std::result::Result<usize, String> {
 /// so that the index flush and fsyncs before a deletion never hold up a
 /// group commit. A failure makes the store refuse writes.
 fn reclaimer(inner: &Inner, ping: &std::sync::mpsc::Receiver<()>) {
+    let mut last: Option<std::time::Instant> = None;
     while ping.recv().is_ok() {
         if lock(&inner.failed).is_some() {
             continue;
         }
-        if let Err(reason) = reclaim(inner) {
+        // At most one deletion round per RECLAIM_EVERY: its index flush and
+        // fsyncs compete with group commits for the disk. Pings meanwhile
+        // coalesce; close ends the wait.
+        let every = std::time::Duration::from_millis(
+            inner.reclaim_every_ms.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if let Some(wait) = last.and_then(|t| every.checked_sub(t.elapsed()))
+            && matches!(
+                ping.recv_timeout(wait),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+            )
+        {
+            return;
+        }
+        let result = reclaim(inner);
+        if matches!(result, Ok(n) if n > 0) {
+            last = Some(std::time::Instant::now());
+        }
+        if let Err(reason) = result {
             tracing::error!(store = %inner.path, error = %reason, "store refuses writes from now on");
             let mut f = lock(&inner.failed);
             if f.is_none() {

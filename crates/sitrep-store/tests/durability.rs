@@ -30,7 +30,11 @@ fn small_log() -> LogConfig {
 }
 
 fn open_sized(dir: &Path, log: &SimDir, segment_bytes: u64) -> SledStore {
-    SledStore::open_with(dir, Arc::new(log.clone()), LogConfig { segment_bytes }).expect("store opens")
+    let store =
+        SledStore::open_with(dir, Arc::new(log.clone()), LogConfig { segment_bytes }).expect("store opens");
+    // Every chance to delete a segment is taken, so that cuts meet deletions.
+    store.set_reclaim_every(std::time::Duration::ZERO);
+    store
 }
 
 fn open(dir: &Path, log: &SimDir) -> SledStore {

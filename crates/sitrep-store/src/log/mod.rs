@@ -903,13 +903,15 @@ impl Log {
             .map_err(|_| LogError::Poisoned)?
             .remove(&segment)
             .ok_or(LogError::UnknownSegment { segment })?;
+        // The unlink and the directory sync need not hold up appends: the
+        // segment is out of the map, and names are never reused.
+        drop(w);
         let dir_path = self.dir.describe("");
         let result = self
             .dir
             .remove(&seg.name)
             .map_err(io_error(&seg.path, "remove"))
             .and_then(|()| self.dir.sync().map_err(io_error(&dir_path, "sync directory")));
-        drop(w);
         match result {
             Ok(()) => {
                 self.counters.syncs.fetch_add(1, Ordering::Relaxed);
