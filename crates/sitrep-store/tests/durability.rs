@@ -33,7 +33,7 @@ fn open_sized(dir: &Path, log: &SimDir, segment_bytes: u64) -> SledStore {
     let store =
         SledStore::open_with(dir, Arc::new(log.clone()), LogConfig { segment_bytes }).expect("store opens");
     // Every chance to delete a segment is taken, so that cuts meet deletions.
-    store.set_reclaim_every(std::time::Duration::ZERO);
+    store.set_reclaim_every(Duration::ZERO);
     store
 }
 
