@@ -84,7 +84,7 @@ fn write_bytes() -> Option<u64> {
 }
 
 /// Sectors written to the block device holding `path` (`/sys/block/*/stat`,
-/// field 7): what the disk was asked to write, file-system journal included.
+/// field 7): what the disk was asked to write, file-system metadata included.
 fn device_sectors(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let dev = std::fs::metadata(path).ok()?.dev();
@@ -132,7 +132,7 @@ fn store_alone(c: &mut Criterion) {
     );
     if let (Some(b), Some(a)) = (device_before, device_after) {
         println!(
-            "store.block_device bytes_per_report={:.0} (sectors written on the whole device, journal and \
+            "store.block_device bytes_per_report={:.0} (sectors written on the whole device, file-system metadata and \
              other processes included)",
             (a - b) as f64 * 512.0 / REPORTS as f64
         );
