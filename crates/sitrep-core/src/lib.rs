@@ -25,6 +25,7 @@
 
 pub mod delivery;
 pub mod envelope;
+pub mod feed;
 pub mod id;
 pub mod ingress;
 pub mod label;
