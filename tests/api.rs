@@ -473,6 +473,8 @@ async fn the_openapi_description_lists_every_route_that_exists() {
             "GET /healthz",
             "GET /metrics",
             "GET /readyz",
+            "GET /v1/feeds",
+            "GET /v1/feeds/{name}",
             "GET /v1/inbox",
             "GET /v1/openapi.json",
             "GET /v1/reports/{id}",

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sitrep_core::policy::check_channel_max;
 use sitrep_core::routing::{DEFAULT_HOP_LIMIT, RouteTable};
-use sitrep_core::{Channel, Class, NodeId};
+use sitrep_core::{Channel, Class, Mode, NodeId};
 
 /// A config value is wrong. `key` is the dotted config key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +47,21 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    feeds: Vec<RawFeed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    name: String,
+    channel: String,
+    mode: String,
+    max_class: String,
+    #[serde(with = "humantime_serde")]
+    stale_after: Duration,
+    #[serde(default)]
+    regions: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +169,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: LogConfig,
+    /// National feeds this node builds (an aggregator); empty otherwise.
+    pub feeds: Vec<sitrep_core::feed::FeedSpec>,
 }
 
 /// One channel.
@@ -479,6 +496,7 @@ impl Config {
                 Some(other) => return Err(err("log.format", format!("{other:?}: use text or json"))),
             },
         };
+        let feeds = feeds(&raw.feeds, &channels)?;
         Ok(Self {
             id,
             data_dir: base.join(&raw.node.data_dir),
@@ -492,8 +510,80 @@ impl Config {
             api,
             limits,
             log,
+            feeds,
         })
     }
+}
+
+/// Validates `[[feeds]]`: names unique and well formed, on a channel this
+/// node runs, a known mode, a class the channel carries, a staleness limit
+/// above zero, region codes of two digits.
+fn feeds(
+    raw: &[RawFeed],
+    channels: &BTreeMap<Channel, ChannelConfig>,
+) -> Result<Vec<sitrep_core::feed::FeedSpec>, ConfigError> {
+    let mut out: Vec<sitrep_core::feed::FeedSpec> = Vec::new();
+    for (i, f) in raw.iter().enumerate() {
+        let k = |key: &str| format!("feeds[{i}].{key}");
+        let good_name = !f.name.is_empty()
+            && f.name.len() <= 63
+            && f.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !good_name {
+            return Err(err(k("name"), format!("{:?} is not [a-z0-9-]{{1,63}}", f.name)));
+        }
+        if out.iter().any(|o| o.name == f.name) {
+            return Err(err(k("name"), format!("{:?} is configured twice", f.name)));
+        }
+        let channel = Channel::parse(&f.channel)
+            .ok_or_else(|| err(k("channel"), format!("{:?}: use open or secure", f.channel)))?;
+        let Some(c) = channels.get(&channel) else {
+            return Err(err(
+                k("channel"),
+                format!("this node does not run the {channel} channel ([channels.{channel}])"),
+            ));
+        };
+        let mode = Mode::parse(&f.mode)
+            .ok_or_else(|| err(k("mode"), format!("{:?}: use ACTUAL, EXERCISE or TEST", f.mode)))?;
+        let max_class = Class::parse(&f.max_class).ok_or_else(|| {
+            err(
+                k("max_class"),
+                format!("{:?} is not a class (OPEN ... TOP_SECRET)", f.max_class),
+            )
+        })?;
+        if max_class > c.max_class {
+            return Err(err(
+                k("max_class"),
+                format!(
+                    "{max_class} is above what the {channel} channel carries here ({})",
+                    c.max_class
+                ),
+            ));
+        }
+        if f.stale_after.is_zero() {
+            return Err(err(k("stale_after"), "must be more than zero"));
+        }
+        if let Some(bad) = f
+            .regions
+            .iter()
+            .find(|r| r.len() != 2 || !r.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(err(
+                k("regions"),
+                format!("{bad:?} is not a two-digit SCB county code"),
+            ));
+        }
+        out.push(sitrep_core::feed::FeedSpec {
+            name: f.name.clone(),
+            channel,
+            mode,
+            max_class,
+            stale_after_ms: i64::try_from(f.stale_after.as_millis()).unwrap_or(i64::MAX),
+            regions: f.regions.clone(),
+        });
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -525,6 +615,15 @@ impl Config {
             return Err(cerr(
                 "node.hpke_key",
                 format!("not the roster's HPKE key for {}", self.id),
+            ));
+        }
+        if !self.feeds.is_empty() && !me.roles.iter().any(|r| r == "aggregator") {
+            return Err(cerr(
+                "feeds",
+                format!(
+                    "{} builds feeds but the roster does not give it the aggregator role",
+                    self.id
+                ),
             ));
         }
         if let Some(channel) = self.channels.keys().find(|c| !me.is_on(**c)) {

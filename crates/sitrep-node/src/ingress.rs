@@ -23,7 +23,7 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::event::NodeEvent;
 use crate::metrics::{Direction, Event};
-use crate::shared::{ChannelRt, Refused, Shared, lock};
+use crate::shared::{ChannelRt, Refused, ReportInput, Shared, lock};
 
 /// Receipts live at least a day, so they come back after an outage.
 const RECEIPT_MIN_LIFETIME_MS: i64 = 86_400_000;
@@ -257,6 +257,7 @@ async fn carry_out(
     let mut notify: Vec<NodeId> = accepted.copies.keys().cloned().collect();
     let mut receipt_for = None;
     let inbox = matches!(accepted.local, Some(Local::Inbox { .. }));
+    let mut report = None;
     match accepted.local {
         None => {}
         Some(Local::ReceiptForUs) => {
@@ -272,8 +273,10 @@ async fn carry_out(
         Some(Local::Inbox { receipt }) => {
             let payload = envelope::open(&v, &shared.id, &shared.hpke)?;
             if h.content_type == ContentType::SituationReport {
-                pb::SituationReport::decode(payload.as_slice())
-                    .map_err(|e| Refusal::malformed(format!("situation report does not decode: {e}")))?;
+                report = Some(
+                    pb::SituationReport::decode(payload.as_slice())
+                        .map_err(|e| Refusal::malformed(format!("situation report does not decode: {e}")))?,
+                );
             }
             if let Some(route) = receipt {
                 let sealed = seal_receipt(shared, roster, &v, now)?;
@@ -294,6 +297,7 @@ async fn carry_out(
             }
         }
     }
+    let envelope_sha256 = sitrep_crypto::sha256(&bytes);
     ops.insert(
         0,
         Op::Ingest(Ingest {
@@ -320,6 +324,17 @@ async fn carry_out(
         shared.counters.inc(Event::Delivered);
         shared.audit("deliver", Some(h.id), Some(peer), channel, Some(class), "");
         tracing::info!(id = %h.id, origin = %h.origin, %channel, class = %class, "delivered");
+        if let Some(report) = report {
+            shared.offer_report(
+                h,
+                channel,
+                ReportInput {
+                    report,
+                    envelope_sha256,
+                    received_ms: now,
+                },
+            );
+        }
         shared.emit(NodeEvent::Delivered {
             id: h.id,
             origin: h.origin.clone(),

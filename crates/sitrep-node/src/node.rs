@@ -147,8 +147,10 @@ impl Node {
             roster_path: config.roster.clone(),
             api_addr: Mutex::new(None),
             cert_not_after,
+            feeds: crate::shared::Feeds::new(config.feeds.clone()),
         });
         let service = Service::new(Arc::clone(&shared));
+        service.load_feeds()?;
         let mut tasks = JoinSet::new();
         for (channel, rt) in &shared.channels {
             tasks.spawn(crate::ingress::accept_loop(Arc::clone(&shared), *channel));

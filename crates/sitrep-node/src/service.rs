@@ -22,7 +22,7 @@ use crate::clock::now_ms;
 use crate::error::{RosterUpdateError, SubmitError};
 use crate::event::NodeEvent;
 use crate::metrics::{Counters, Event};
-use crate::shared::{Shared, lock};
+use crate::shared::{ReportInput, Shared, lock};
 
 /// What to send.
 // A submission is built once per report and moved, never stored in bulk:
@@ -73,6 +73,25 @@ pub struct Received {
     pub payload: Vec<u8>,
     /// When it was delivered here.
     pub received_ms: i64,
+    /// SHA-256 of the signed envelope as stored.
+    pub envelope_sha256: [u8; 32],
+}
+
+/// One feed this node builds, as listed.
+#[derive(Debug, Clone)]
+pub(crate) struct FeedSummary {
+    /// Its configuration.
+    pub spec: sitrep_core::feed::FeedSpec,
+    /// Updates so far (bumped by every newer report on any feed).
+    pub sequence: u64,
+    /// Regions in the roll-up, reporting, overdue, stale.
+    pub regions: u32,
+    /// Regions with a report.
+    pub reporting: u32,
+    /// Regions overdue.
+    pub overdue: u32,
+    /// Regions stale.
+    pub stale: u32,
 }
 
 /// One peer link.
@@ -276,6 +295,7 @@ impl Service {
                     header,
                     payload: payload.to_vec(),
                     received_ms: e.received_ms,
+                    envelope_sha256: sitrep_crypto::sha256(&e.envelope),
                 }),
                 Err(err) => {
                     shared.counters.inc(Event::InboxUnreadable);
@@ -284,6 +304,99 @@ impl Service {
             }
         }
         Ok(out)
+    }
+
+    /// Takes every situation report in the inbox into the feeds (at start:
+    /// the inbox is the feeds' durable state). Returns how many were read.
+    pub(crate) fn load_feeds(&self) -> Result<usize, StoreError> {
+        if self.0.feeds.specs.is_empty() {
+            return Ok(0);
+        }
+        let mut read = 0;
+        for channel in self.0.channels.keys().copied().collect::<Vec<_>>() {
+            let mut after = 0;
+            loop {
+                let page = self.inbox(channel, after, 500)?;
+                let Some(last) = page.last() else { break };
+                after = last.cursor;
+                for r in page {
+                    read += 1;
+                    if r.header.content_type != ContentType::SituationReport {
+                        continue;
+                    }
+                    let Ok(report) = sitrep_proto::v1::SituationReport::decode(r.payload.as_slice()) else {
+                        continue;
+                    };
+                    self.0.offer_report(
+                        &r.header,
+                        channel,
+                        ReportInput {
+                            report,
+                            envelope_sha256: r.envelope_sha256,
+                            received_ms: r.received_ms,
+                        },
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            feeds = self.0.feeds.specs.len(),
+            inbox_entries = read,
+            "feeds loaded from the inbox"
+        );
+        Ok(read)
+    }
+
+    /// The roster's regions (code and name), for the feeds' rows.
+    fn regions(&self) -> Vec<sitrep_core::feed::Region> {
+        self.0
+            .roster
+            .get()
+            .nodes()
+            .filter(|n| n.kind == sitrep_proto::v1::NodeKind::Region && !n.region_code.is_empty())
+            .map(|n| sitrep_core::feed::Region {
+                code: n.region_code.clone(),
+                name: n.name.clone(),
+            })
+            .collect()
+    }
+
+    /// The current roll-up of feed `name`, built now; `None` if this node
+    /// builds no such feed.
+    pub(crate) fn feed(&self, name: &str) -> Option<sitrep_proto::v1::NationalRollup> {
+        let spec = self.0.feeds.specs.iter().find(|f| f.name == name)?;
+        let regions = self.regions();
+        let sequence = self.0.feeds.sequence.load(std::sync::atomic::Ordering::Relaxed);
+        let latest = lock(&self.0.feeds.latest);
+        Some(sitrep_core::feed::rollup(
+            spec,
+            &latest,
+            &regions,
+            self.0.id.as_str(),
+            now_ms(),
+            sequence,
+        ))
+    }
+
+    /// The feeds this node builds, with their state now.
+    pub(crate) fn feeds(&self) -> Vec<FeedSummary> {
+        self.0
+            .feeds
+            .specs
+            .iter()
+            .filter_map(|f| {
+                let r = self.feed(&f.name)?;
+                let t = r.totals.unwrap_or_default();
+                Some(FeedSummary {
+                    spec: f.clone(),
+                    sequence: r.sequence,
+                    regions: t.regions_total,
+                    reporting: t.regions_reporting,
+                    overdue: t.regions_overdue,
+                    stale: t.regions_stale,
+                })
+            })
+            .collect()
     }
 
     /// Outbox statistics per channel.

@@ -150,6 +150,26 @@ pub(crate) struct Shared {
     pub(crate) api_addr: Mutex<Option<SocketAddr>>,
     /// Each channel certificate's end of validity, ms since the epoch.
     pub(crate) cert_not_after: BTreeMap<Channel, i64>,
+    /// The feeds this node builds (an aggregator); none for other nodes.
+    pub(crate) feeds: Feeds,
+}
+
+/// The feeds a node builds and the latest report per region it holds for them.
+#[derive(Debug, Default)]
+pub(crate) struct Feeds {
+    pub(crate) specs: Vec<sitrep_core::feed::FeedSpec>,
+    pub(crate) latest: Mutex<sitrep_core::feed::Latest>,
+    /// Bumped whenever a newer report changes what the feeds show.
+    pub(crate) sequence: std::sync::atomic::AtomicU64,
+}
+
+impl Feeds {
+    pub(crate) fn new(specs: Vec<sitrep_core::feed::FeedSpec>) -> Self {
+        Self {
+            specs,
+            ..Self::default()
+        }
+    }
 }
 
 impl Shared {
@@ -166,6 +186,47 @@ impl Shared {
                     link.wake.notify_one();
                 }
             }
+        }
+    }
+
+    /// A situation report delivered here, for the feeds if this node
+    /// builds any: kept if it is the newest of its region and mode. A
+    /// report whose `region_code` is not its origin's region in the roster
+    /// is not taken (a region reports for itself only).
+    pub(crate) fn offer_report(
+        &self,
+        header: &sitrep_core::HeaderInfo,
+        channel: Channel,
+        input: ReportInput,
+    ) {
+        if self.feeds.specs.is_empty() {
+            return;
+        }
+        let roster = self.roster.get();
+        let origin_region = roster.node(&header.origin).map(|n| n.region_code.clone());
+        if origin_region.as_deref() != Some(input.report.region_code.as_str()) {
+            tracing::warn!(
+                id = %header.id,
+                origin = %header.origin,
+                region_code = %input.report.region_code,
+                "report not taken into the feeds: its region code is not its origin's"
+            );
+            return;
+        }
+        let offered = lock(&self.feeds.latest).offer(sitrep_core::feed::Input {
+            id: header.id,
+            envelope_sha256: input.envelope_sha256,
+            received_ms: input.received_ms,
+            label: header.label.clone(),
+            mode: header.mode,
+            channel,
+            report: input.report,
+        });
+        if offered == sitrep_core::feed::Offered::Newer {
+            self.feeds
+                .sequence
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.bump();
         }
     }
 
@@ -277,4 +338,12 @@ pub(crate) struct Refused<'a> {
     pub(crate) id: Option<MessageId>,
     /// Its class, likewise.
     pub(crate) class: Option<Class>,
+}
+
+/// A delivered situation report, as the feeds take it.
+#[derive(Debug)]
+pub(crate) struct ReportInput {
+    pub(crate) report: sitrep_proto::v1::SituationReport,
+    pub(crate) envelope_sha256: [u8; 32],
+    pub(crate) received_ms: i64,
 }

@@ -42,6 +42,19 @@ pub struct NodeSpec {
     pub peers: Vec<&'static str>,
 }
 
+/// The SCB county code the test roster gives a region node, by its id
+/// (`region-uppsala` is 03, as in the example report); empty for others.
+#[must_use]
+pub fn region_code(id: &str) -> &'static str {
+    match id {
+        "region-stockholm" => "01",
+        "region-uppsala" => "03",
+        "region-gotland" => "09",
+        "region-skane" => "12",
+        _ => "",
+    }
+}
+
 /// region-uppsala → nspl-hub → socialstyrelsen, all on both channels, all cleared SECRET.
 #[must_use]
 pub fn line() -> Vec<NodeSpec> {
@@ -141,8 +154,13 @@ impl TestNet {
                     id: s.id.into(),
                     name: s.id.into(),
                     kind: s.kind.into(),
-                    region_code: String::new(),
-                    roles: vec![],
+                    region_code: region_code(s.id).into(),
+                    // A hub may build feeds (it needs `[[feeds]]` too).
+                    roles: if s.kind == "HUB" {
+                        vec!["aggregator".into()]
+                    } else {
+                        vec![]
+                    },
                     clearance: s.clearance.as_str().into(),
                     api: any,
                     peers: s.peers.iter().map(|p| (*p).to_owned()).collect(),

@@ -1,5 +1,6 @@
 //! The local HTTP API (DESIGN §9), the top layer of the crate: submit
-//! reports, follow their delivery, read the inbox, watch status and metrics.
+//! reports, follow their delivery, read the inbox and the feeds built here,
+//! watch status and metrics.
 //! Bearer tokens with roles `reporter`, `reader`, `operator`; JSON field
 //! names and enum spellings are the proto's. Every route is declared once,
 //! with its OpenAPI 3.1 description (utoipa), and served at
@@ -9,6 +10,8 @@
 //! the token, calls the service and shapes the answer.
 
 // utoipa's `path` macro spells the types it is given as qualified paths.
+#[allow(unused_qualifications)]
+mod feeds;
 #[allow(unused_qualifications)]
 mod query;
 #[allow(unused_qualifications)]
@@ -80,6 +83,8 @@ fn router() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(submit::submit_report))
         .routes(routes!(query::report_status))
         .routes(routes!(query::inbox))
+        .routes(routes!(feeds::list))
+        .routes(routes!(feeds::show))
         .routes(routes!(status::status))
         .routes(routes!(status::metrics))
         .routes(routes!(status::healthz))
