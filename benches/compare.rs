@@ -13,6 +13,9 @@
 //! `/proc/stat`) and how much of that was the bench itself, so figures
 //! taken on a shared machine can be judged.
 
+#[path = "support/reports.rs"]
+mod reports;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,13 +25,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use async_nats::jetstream;
-use prost::Message as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
-use sitrep_core::{Class, Label, Mode, NodeId, Precedence};
-use sitrep_node::{Content, Submission};
 use sitrep_proto::v1 as pb;
 use sitrep_testkit::{TestNet, line};
 use tokio::task::JoinSet;
@@ -519,7 +519,7 @@ struct OneHop {
 /// region-uppsala and nspl-hub only: the authority never starts, so the
 /// hub takes custody and queues. The approach of `path`'s one-hop diagnosis.
 async fn one_hop(n: usize) -> anyhow::Result<OneHop> {
-    let template = Arc::new(report_template()?);
+    let template = Arc::new(reports::report_template(PAYLOAD_BYTES)?);
     let mut net = TestNet::prepare(&line());
     // The hub first, so the region starts with its address.
     net.start_node(HUB).await;
@@ -602,7 +602,7 @@ async fn submit_all(
                 if i >= end {
                     return anyhow::Ok(done);
                 }
-                let sub = submission(&template, i)?;
+                let sub = reports::submission(&template, i, AUTHORITY)?;
                 tokio::time::timeout_at(deadline, net.node(REGION).submit(sub))
                     .await
                     .map_err(|_| anyhow!("submit timed out"))?
@@ -617,42 +617,4 @@ async fn submit_all(
     }
     ensure!(done == n, "submitted {done} of {n}");
     Ok(())
-}
-
-/// Uppsala's example report with the assessment padded so that the encoded
-/// report is [`PAYLOAD_BYTES`] long (as in `benches/path.rs`).
-fn report_template() -> anyhow::Result<pb::SituationReport> {
-    let mut r = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
-    r.assessment.clear();
-    // Field tag + a two-byte length for an assessment of this size.
-    let overhead = r.encoded_len() + 3;
-    ensure!(
-        overhead < PAYLOAD_BYTES,
-        "the example report is already {overhead} bytes"
-    );
-    r.assessment = "IVA-beläggning över basnivå. "
-        .chars()
-        .cycle()
-        .take(PAYLOAD_BYTES - overhead)
-        .collect();
-    // Non-ASCII characters are two bytes: trim to the byte budget.
-    while r.encoded_len() > PAYLOAD_BYTES {
-        r.assessment.pop();
-    }
-    sitrep_core::report::validate(&r).map_err(|e| anyhow!("report template invalid: {e:?}"))?;
-    Ok(r)
-}
-
-fn submission(template: &pb::SituationReport, number: usize) -> anyhow::Result<Submission> {
-    let mut r = template.clone();
-    r.report_number = u32::try_from(number % 1_000_000).context("report number")? + 1;
-    Ok(Submission {
-        author: "TiB Region Uppsala".into(),
-        label: Label::new(Class::Sensitive),
-        precedence: Precedence::Routine,
-        mode: Mode::Exercise,
-        recipients: vec![NodeId::new(AUTHORITY).context("node id")?],
-        expires_ms: None,
-        content: Content::Report(r),
-    })
 }

@@ -18,6 +18,9 @@
 //! smoke run instead. Exits non-zero if deliveries or receipts do not all
 //! arrive in time.
 
+#[path = "support/reports.rs"]
+mod reports;
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use sitrep_core::fixture::{DAY_MS, Fixture};
 use sitrep_core::{Channel, Class, ContentType, Draft, Label, MessageId, Mode, NodeId, Precedence, envelope};
 use sitrep_crypto::{HpkeSecretKey, SigningKey};
 use sitrep_net::{Direction, FrameRecorder};
-use sitrep_node::{Content, NodeEvent, Submission};
+use sitrep_node::NodeEvent;
 use sitrep_proto::v1 as pb;
 use sitrep_testkit::{TestNet, line};
 use tokio::sync::broadcast;
@@ -113,7 +116,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(p: Params) -> anyhow::Result<()> {
-    let template = Arc::new(report_template()?);
+    let template = Arc::new(reports::report_template(REPORT_BYTES)?);
     // The primitive bound first, while nothing else runs (no node, no writeback).
     let b = bound(p.budget)?;
     if std::env::var_os("SITREP_BENCH_DIAG").is_some() {
@@ -239,44 +242,6 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Uppsala's example report with the assessment padded so that the encoded
-/// report is [`REPORT_BYTES`] long.
-fn report_template() -> anyhow::Result<pb::SituationReport> {
-    let mut r = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
-    r.assessment.clear();
-    // Field tag + a two-byte length for an assessment of this size.
-    let overhead = r.encoded_len() + 3;
-    ensure!(
-        overhead < REPORT_BYTES,
-        "the example report is already {overhead} bytes"
-    );
-    r.assessment = "IVA-beläggning över basnivå. "
-        .chars()
-        .cycle()
-        .take(REPORT_BYTES - overhead)
-        .collect();
-    // Non-ASCII characters are two bytes: trim to the byte budget.
-    while r.encoded_len() > REPORT_BYTES {
-        r.assessment.pop();
-    }
-    sitrep_core::report::validate(&r).map_err(|e| anyhow!("report template invalid: {e:?}"))?;
-    Ok(r)
-}
-
-fn submission(template: &pb::SituationReport, number: usize) -> anyhow::Result<Submission> {
-    let mut r = template.clone();
-    r.report_number = u32::try_from(number % 1_000_000).context("report number")? + 1;
-    Ok(Submission {
-        author: "TiB Region Uppsala".into(),
-        label: Label::new(Class::Sensitive),
-        precedence: Precedence::Routine,
-        mode: Mode::Exercise,
-        recipients: vec![NodeId::new(AUTHORITY).context("node id")?],
-        expires_ms: None,
-        content: Content::Report(r),
-    })
-}
-
 /// Which events to collect: the message id they are about.
 #[derive(Debug, Clone, Copy)]
 enum Want {
@@ -391,7 +356,7 @@ async fn submit_all(
                 if i >= n {
                     return anyhow::Ok(ids);
                 }
-                let sub = submission(&template, i)?;
+                let sub = reports::submission(&template, i, AUTHORITY)?;
                 let id = tokio::time::timeout_at(deadline, net.node(REGION).submit(sub))
                     .await
                     .map_err(|_| anyhow!("submit timed out"))?
@@ -732,7 +697,7 @@ async fn latency(
     for i in 0..total {
         let at = start + period * u32::try_from(i).context("index")?;
         tokio::time::sleep_until(at).await;
-        let sub = submission(template, i)?;
+        let sub = reports::submission(template, i, AUTHORITY)?;
         let net = Arc::clone(net);
         let begun = Instant::now();
         lag = lag.max(begun - at);
@@ -833,7 +798,7 @@ fn bound(budget: Duration) -> anyhow::Result<Bound> {
     );
     let region = f.node(REGION);
     let authority = f.node(AUTHORITY);
-    let payload = report_template()?.encode_to_vec();
+    let payload = reports::report_template(REPORT_BYTES)?.encode_to_vec();
     let draft = Draft {
         origin: region.id.clone(),
         author: "TiB Region Uppsala".into(),

@@ -547,6 +547,14 @@ async fn a_failed_fdatasync_makes_the_node_unready_and_acknowledges_nothing_afte
     })
     .await
     .expect("delivered");
+    // And settled at the region: its custody record written (the copy
+    // gone) and the receipt back, so that the failure meets the next submit.
+    let node = net.node("region-uppsala");
+    wait_until(node, LONG, "the first report settled at the region", || {
+        node.outboxes().iter().all(|(_, h)| h.depth == 0) && node.counters().get("receipts") >= 1
+    })
+    .await
+    .expect("settled");
     assert_eq!(region.call("GET", "/readyz", None, None).await.0, 200);
 
     // The next fdatasync fails.
@@ -602,7 +610,6 @@ async fn a_failed_fdatasync_makes_the_node_unready_and_acknowledges_nothing_afte
     // Nothing of the refused reports is queued or was sent: the region's
     // outboxes are empty, it counts one submission, and the authority holds
     // only the first report.
-    let node = net.node("region-uppsala");
     assert!(
         node.outboxes().iter().all(|(_, h)| h.depth == 0),
         "{:?}",
