@@ -552,6 +552,13 @@ async fn label_policy_matrix_through_real_nodes() {
         }
         let mine = delivered.iter().filter(|c| c.relay == ri).count() as u64;
         assert_eq!(node.counters().get("accepted"), mine, "{relay} accepted");
+        // The custody record is visible (outbox drained) a moment before
+        // the counter that follows it.
+        wait_until(node, LONG, &format!("{relay} counted its forwards"), || {
+            node.counters().get("forwarded") >= mine
+        })
+        .await
+        .expect("counted");
         assert_eq!(node.counters().get("forwarded"), mine, "{relay} forwarded");
     }
     assert_eq!(total, by_reason);
