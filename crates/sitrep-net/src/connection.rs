@@ -11,7 +11,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use crate::endpoint::{Direction, FrameRecorder};
-use crate::frame::{PREFIX_LEN, decode_body, encode_frame, read_wire, read_wire_within, write_wire};
+use crate::frame::{
+    PREFIX_LEN, decode_body, encode_frame, frame_deadline, read_wire, read_wire_within, write_wire,
+};
 use crate::{NetError, stream_code};
 
 /// A connection whose peer has been authenticated: its certificate chains to the channel
@@ -140,7 +142,7 @@ impl PeerConnection {
             Err(e @ NetError::Stream(_)) => Some(e),
             Err(e) => return Err(e),
         };
-        let response = match self.read_timed(&mut recv).await {
+        let response = match self.read_timed(&mut recv, wire.len()).await {
             Ok(response) => response,
             Err(read_error) => return Err(write_error.unwrap_or(read_error)),
         };
@@ -148,17 +150,18 @@ impl PeerConnection {
         decode_body(response.get(PREFIX_LEN..).unwrap_or_default())
     }
 
-    /// Reads one frame within the frame timeout; a stream that does not deliver its
-    /// whole frame in time is stopped (the peer sees it reset).
-    async fn read_timed(&self, recv: &mut quinn::RecvStream) -> Result<Vec<u8>, NetError> {
+    /// Reads the response to a request of `sent` bytes: it may take the time
+    /// the request needs to arrive ([`frame_deadline`]) plus the frame
+    /// timeout; past that the stream is stopped (the peer sees it reset).
+    async fn read_timed(&self, recv: &mut quinn::RecvStream, sent: usize) -> Result<Vec<u8>, NetError> {
         let limit = self.shared.max_frame_bytes;
-        match tokio::time::timeout(self.shared.frame_timeout, read_wire(recv, limit)).await {
+        let wait = frame_deadline(self.shared.frame_timeout, sent).saturating_add(self.shared.frame_timeout);
+        match tokio::time::timeout(wait, read_wire(recv, limit)).await {
             Ok(read) => read,
             Err(_) => {
                 let _ = recv.stop(stream_code::REJECTED.into());
                 Err(NetError::Stream(format!(
-                    "no whole frame within {:?}; stream stopped",
-                    self.shared.frame_timeout
+                    "no answer within {wait:?}; stream stopped"
                 )))
             }
         }
@@ -296,15 +299,12 @@ impl IncomingStream {
             conn,
         } = self;
         let limit = conn.shared.max_frame_bytes;
-        let timeout = conn.shared.frame_timeout;
+        let idle = Some(conn.shared.frame_timeout);
         let budget = Some(&conn.shared.read_budget);
-        let read = tokio::time::timeout(timeout, read_wire_within(&mut recv, limit, budget)).await;
-        let read = read.unwrap_or_else(|_| {
+        let read = read_wire_within(&mut recv, limit, budget, idle).await;
+        if matches!(&read, Err(NetError::Stream(e)) if e.starts_with("no bytes for")) {
             let _ = recv.stop(stream_code::REJECTED.into());
-            Err(NetError::Stream(format!(
-                "no whole frame within {timeout:?}; stream stopped"
-            )))
-        });
+        }
         let (wire, permit) = match read {
             Ok(read) => read,
             Err(e @ NetError::FrameTooLarge { .. }) => {

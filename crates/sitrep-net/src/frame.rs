@@ -84,19 +84,56 @@ pub(crate) async fn write_wire(send: &mut quinn::SendStream, wire: &[u8]) -> Res
 /// bytes received (from at most [`FIRST_ALLOCATION`]), never to the announced length up
 /// front, so a peer that announces a large frame and sends slowly holds only what it sent.
 pub(crate) async fn read_wire(recv: &mut quinn::RecvStream, limit: usize) -> Result<Vec<u8>, NetError> {
-    read_wire_within(recv, limit, None).await.map(|(wire, _)| wire)
+    read_wire_within(recv, limit, None, None)
+        .await
+        .map(|(wire, _)| wire)
+}
+
+/// How long a frame of `len` bytes may take to arrive whole: `idle` plus
+/// `idle` per MiB, so a large frame on a slow link still makes it while a
+/// stream that crawls is cut off.
+#[must_use]
+pub(crate) fn frame_deadline(idle: std::time::Duration, len: usize) -> std::time::Duration {
+    let mib = u32::try_from(len >> 20).unwrap_or(u32::MAX);
+    idle.saturating_add(idle.saturating_mul(mib))
+}
+
+/// One read that must bring bytes within `idle` and end by `deadline`, if given.
+async fn within<T>(
+    idle: Option<std::time::Duration>,
+    deadline: Option<tokio::time::Instant>,
+    read: impl Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    let Some(idle) = idle else {
+        return read.await;
+    };
+    let limit = tokio::time::Instant::now() + idle;
+    let limit = deadline.map_or(limit, |d| limit.min(d));
+    match tokio::time::timeout_at(limit, read).await {
+        Ok(r) => r,
+        Err(_) => Err(NetError::Stream(format!(
+            "no bytes for {idle:?}, or the frame took longer than its deadline; stream stopped"
+        ))),
+    }
 }
 
 /// As [`read_wire`], first taking the frame's length in bytes from `budget` (bytes the
 /// connection may hold in frames being read or handled), waiting while it is spent;
 /// the permit is returned with the frame, to keep until the frame is dropped.
+/// With `idle`, each read must bring bytes within `idle`, and the whole
+/// frame must arrive within [`frame_deadline`] of its prefix (the wait for
+/// the budget not counted).
 pub(crate) async fn read_wire_within(
     recv: &mut quinn::RecvStream,
     limit: usize,
     budget: Option<&Arc<Semaphore>>,
+    idle: Option<std::time::Duration>,
 ) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), NetError> {
     let mut prefix = [0u8; PREFIX_LEN];
-    recv.read_exact(&mut prefix).await.map_err(NetError::from_read)?;
+    within(idle, None, async {
+        recv.read_exact(&mut prefix).await.map_err(NetError::from_read)
+    })
+    .await?;
     let len = decode_len(prefix, limit)?;
     let total = PREFIX_LEN + len;
     let permit = match budget {
@@ -108,13 +145,17 @@ pub(crate) async fn read_wire_within(
         ),
         None => None,
     };
+    let deadline = idle.map(|i| tokio::time::Instant::now() + frame_deadline(i, total));
     let mut wire = Vec::with_capacity(total.min(FIRST_ALLOCATION));
     wire.extend_from_slice(&prefix);
     while wire.len() < total {
-        match recv
-            .read_chunk(total - wire.len(), true)
-            .await
-            .map_err(NetError::from_read_error)?
+        let want = total - wire.len();
+        match within(idle, deadline, async {
+            recv.read_chunk(want, true)
+                .await
+                .map_err(NetError::from_read_error)
+        })
+        .await?
         {
             Some(chunk) => wire.extend_from_slice(&chunk.bytes),
             None => {
@@ -153,6 +194,14 @@ mod tests {
         assert_eq!(u32::from_be_bytes(prefix) as usize, wire.len() - PREFIX_LEN);
         assert_eq!(u32::from_be_bytes(prefix) as usize, frame.encoded_len());
         assert_eq!(decode_body(body_of(&wire)).expect("round trip"), frame);
+    }
+
+    #[test]
+    fn a_frame_may_take_the_idle_time_plus_that_per_mib() {
+        let idle = std::time::Duration::from_secs(30);
+        assert_eq!(frame_deadline(idle, 0), idle);
+        assert_eq!(frame_deadline(idle, (1 << 20) - 1), idle);
+        assert_eq!(frame_deadline(idle, 4 << 20), idle * 5);
     }
 
     #[test]

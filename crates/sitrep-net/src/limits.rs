@@ -34,9 +34,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// and often enough to notice a dead peer within a few seconds.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-/// 30 s for a peer to send one whole frame once its stream is open: a 4 MiB frame at
-/// ≈ 1 Mbit/s. A stream that takes longer is reset, so a stalled or slow-loris stream
-/// holds its buffer for a bounded time.
+/// 30 s: the longest a stream may go without bytes inside a frame; a frame as a whole
+/// may take that plus as much again per MiB (150 s for 4 MiB: ≈ 230 kbit/s). A stream
+/// that stalls or crawls is stopped, so it holds its buffer for a bounded time.
 pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Granularity the default stream window is rounded up to.
@@ -85,7 +85,8 @@ pub struct TransportLimits {
     /// Keep-alive interval; must be shorter than `idle_timeout`. Default
     /// [`DEFAULT_KEEP_ALIVE`].
     pub keep_alive: Duration,
-    /// Longest time to receive one frame (request or response) once its stream is open.
+    /// Longest time without bytes inside an incoming frame (a frame as a whole may take
+    /// that plus as much per MiB); a response may take the request's time plus this.
     /// Default [`DEFAULT_FRAME_TIMEOUT`].
     pub frame_timeout: Duration,
 }

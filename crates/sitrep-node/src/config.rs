@@ -245,8 +245,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// QUIC keep-alive interval.
     pub keep_alive: Duration,
-    /// Longest time to receive one frame once its stream is open; a slower
-    /// stream is reset.
+    /// Longest time without bytes inside a frame (a frame as a whole may
+    /// take that plus as much per MiB); a stalled stream is reset.
     pub frame_timeout: Duration,
     /// First retry delay; doubles up to `retry_max`, with jitter.
     pub retry_initial: Duration,

@@ -157,7 +157,9 @@ async fn send_loop(
     let mut settling: HashSet<MessageId> = HashSet::new();
     let mut custody_due: Vec<MessageId> = Vec::new();
     let mut tasks: JoinSet<(MessageId, Sent)> = JoinSet::new();
-    let mut commits: JoinSet<(Vec<MessageId>, bool)> = JoinSet::new();
+    let mut commits: JoinSet<Committed> = JoinSet::new();
+    // The ids of the commit under way, released whatever becomes of it.
+    let mut committing: Vec<MessageId> = Vec::new();
     let mut pause = Backoff::new(shared.limits.retry_initial, shared.limits.retry_max);
     let mut paused_until: Option<tokio::time::Instant> = None;
     let mut lost = false;
@@ -169,11 +171,12 @@ async fn send_loop(
             break false;
         }
         if commits.is_empty() && !custody_due.is_empty() {
+            committing = std::mem::take(&mut custody_due);
             commits.spawn(commit_custody(
                 Arc::clone(shared),
                 channel,
                 link.peer.clone(),
-                std::mem::take(&mut custody_due),
+                committing.clone(),
             ));
         }
         let room = shared.limits.max_in_flight.saturating_sub(inflight.len());
@@ -224,12 +227,17 @@ async fn send_loop(
                 }
             }
             Some(done) = commits.join_next(), if !commits.is_empty() => {
-                if let Ok((ids, closed)) = done {
-                    for id in &ids {
-                        settling.remove(id);
-                    }
-                    if closed {
-                        break true;
+                for id in committing.drain(..) {
+                    settling.remove(&id);
+                }
+                match done {
+                    Ok(Committed::Done) => {}
+                    Ok(Committed::Closed) => break true,
+                    // The copies stay queued and go again, after a pause:
+                    // a store that refuses writes would otherwise have them
+                    // resent (and answered DUPLICATE) as fast as the link goes.
+                    Ok(Committed::Failed) | Err(_) => {
+                        paused_until = Some(tokio::time::Instant::now() + pause.next_delay());
                     }
                 }
             }
@@ -268,9 +276,17 @@ async fn peek(
         .unwrap_or(Err(StoreError::Closed))
 }
 
+/// How a batch of custody records went.
+enum Committed {
+    Done,
+    /// The store is closed: the node is stopping.
+    Closed,
+    /// The store refused: the copies stay queued.
+    Failed,
+}
+
 /// Records that `peer` took custody of `ids`: one store job, then the
-/// audit lines, counters and events. Returns the ids (no longer settling)
-/// and whether the store is closed. On a store error the copies stay
+/// audit lines, counters and events. On a store error the copies stay
 /// queued: they are sent again and the next hop answers DUPLICATE, which
 /// is custody too.
 async fn commit_custody(
@@ -278,9 +294,9 @@ async fn commit_custody(
     channel: Channel,
     peer: NodeId,
     ids: Vec<MessageId>,
-) -> (Vec<MessageId>, bool) {
+) -> Committed {
     let Some(rt) = shared.channels.get(&channel) else {
-        return (ids, true);
+        return Committed::Closed;
     };
     let now = now_ms();
     let ops = ids
@@ -303,12 +319,12 @@ async fn commit_custody(
                 });
             }
             shared.bump();
-            (ids, false)
+            Committed::Done
         }
-        Err(StoreError::Closed) => (ids, true),
+        Err(StoreError::Closed) => Committed::Closed,
         Err(e) => {
             tracing::error!(count = ids.len(), error = %e, "cannot record custody hand-off");
-            (ids, false)
+            Committed::Failed
         }
     }
 }

@@ -283,27 +283,41 @@ impl Service {
             return Ok(Vec::new());
         };
         let roster = shared.roster.get();
-        let mut out = Vec::new();
-        for e in ch.store.inbox_after(after, limit)? {
-            // Verified at ingress; opened now, with the sender's expiry no longer relevant.
-            match envelope::verify(&e.envelope, &roster, e.received_ms)
-                .and_then(|v| envelope::open(&v, &shared.id, &shared.hpke).map(|p| (v.header, p)))
-            {
-                Ok((header, payload)) => out.push(Received {
-                    cursor: e.cursor,
-                    channel,
-                    header,
-                    payload: payload.to_vec(),
-                    received_ms: e.received_ms,
-                    envelope_sha256: sitrep_crypto::sha256(&e.envelope),
-                }),
-                Err(err) => {
-                    shared.counters.inc(Event::InboxUnreadable);
-                    tracing::warn!(id = %e.id, error = %err, "inbox entry no longer opens");
-                }
+        Ok(ch
+            .store
+            .inbox_after(after, limit)?
+            .into_iter()
+            .filter_map(|e| self.open_entry(channel, &roster, &e))
+            .collect())
+    }
+
+    /// An inbox entry verified and opened; `None` (counted) if it no
+    /// longer opens.
+    fn open_entry(
+        &self,
+        channel: Channel,
+        roster: &Roster,
+        e: &sitrep_store::InboxEntry,
+    ) -> Option<Received> {
+        let shared = &*self.0;
+        // Verified at ingress; opened now, with the sender's expiry no longer relevant.
+        match envelope::verify(&e.envelope, roster, e.received_ms)
+            .and_then(|v| envelope::open(&v, &shared.id, &shared.hpke).map(|p| (v.header, p)))
+        {
+            Ok((header, payload)) => Some(Received {
+                cursor: e.cursor,
+                channel,
+                header,
+                payload: payload.to_vec(),
+                received_ms: e.received_ms,
+                envelope_sha256: sitrep_crypto::sha256(&e.envelope),
+            }),
+            Err(err) => {
+                shared.counters.inc(Event::InboxUnreadable);
+                tracing::warn!(id = %e.id, error = %err, "inbox entry no longer opens");
+                None
             }
         }
-        Ok(out)
     }
 
     /// Takes every situation report in the inbox into the feeds (at start:
@@ -313,13 +327,16 @@ impl Service {
             return Ok(0);
         }
         let mut read = 0;
-        for channel in self.0.channels.keys().copied().collect::<Vec<_>>() {
+        let roster = self.0.roster.get();
+        for (channel, ch) in &self.0.channels {
             let mut after = 0;
             loop {
-                let page = self.inbox(channel, after, 500)?;
+                // Paged on the store's cursor: entries that no longer open
+                // are skipped, not mistaken for the end.
+                let page = ch.store.inbox_after(after, 500)?;
                 let Some(last) = page.last() else { break };
                 after = last.cursor;
-                for r in page {
+                for r in page.iter().filter_map(|e| self.open_entry(*channel, &roster, e)) {
                     read += 1;
                     if r.header.content_type != ContentType::SituationReport {
                         continue;
@@ -329,7 +346,7 @@ impl Service {
                     };
                     self.0.offer_report(
                         &r.header,
-                        channel,
+                        *channel,
                         ReportInput {
                             report,
                             envelope_sha256: r.envelope_sha256,

@@ -713,13 +713,16 @@ fn reclaimer(inner: &Inner, ping: &std::sync::mpsc::Receiver<()>) {
         let every = std::time::Duration::from_millis(
             inner.reclaim_every_ms.load(std::sync::atomic::Ordering::Relaxed),
         );
-        if let Some(wait) = last.and_then(|t| every.checked_sub(t.elapsed()))
-            && matches!(
-                ping.recv_timeout(wait),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-            )
-        {
-            return;
+        if let Some(until) = last.map(|t| t + every) {
+            // Pings until then only say "look again": wait the time out.
+            while let Some(wait) = until.checked_duration_since(std::time::Instant::now()) {
+                if matches!(
+                    ping.recv_timeout(wait),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                ) {
+                    return;
+                }
+            }
         }
         let result = reclaim(inner);
         if matches!(result, Ok(n) if n > 0) {
