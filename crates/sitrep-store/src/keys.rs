@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `m` | id | message record (envelope, refs, expiry) |
 //! | `o` | hop 0x00 (255 - precedence) seq | outbox copy (send order) |
-//! | `a` | hop 0x00 seq | outbox key (age order, for oldest age) |
+//! | `a` | hop 0x00 seq | (no longer written: the oldest copy per hop is the first of each precedence in `o`; entries from earlier versions are removed with their copy) |
 //! | `q` | id hop | outbox key (to find a copy by message) |
 //! | `d` | id | dedup: retain-until ms |
 //! | `D` | retain-until id | () (dedup expiry index) |
@@ -26,21 +26,18 @@ pub(crate) fn outbox_prefix(hop: &NodeId) -> Vec<u8> {
 }
 
 pub(crate) fn outbox(hop: &NodeId, precedence: Precedence, seq: u64) -> Vec<u8> {
+    [&outbox_rank(hop, precedence)[..], &seq.to_be_bytes()].concat()
+}
+
+/// The copies of one precedence for `hop`, in arrival order.
+pub(crate) fn outbox_rank(hop: &NodeId, precedence: Precedence) -> Vec<u8> {
     let rank = 255 - precedence.to_proto() as u8;
-    [&outbox_prefix(hop)[..], &[rank], &seq.to_be_bytes()].concat()
+    [&outbox_prefix(hop)[..], &[rank]].concat()
 }
 
-pub(crate) fn age_prefix(hop: &NodeId) -> Vec<u8> {
-    [b"a", hop.as_str().as_bytes(), b"\0"].concat()
-}
-
-pub(crate) fn age(hop: &NodeId, seq: u64) -> Vec<u8> {
-    [&age_prefix(hop)[..], &seq.to_be_bytes()].concat()
-}
-
-/// The hop id inside an `a` key.
-pub(crate) fn hop_of_age(key: &[u8]) -> Option<NodeId> {
-    let rest = key.strip_prefix(b"a")?;
+/// The hop id inside an `o` key.
+pub(crate) fn hop_of_outbox(key: &[u8]) -> Option<NodeId> {
+    let rest = key.strip_prefix(b"o")?;
     let end = rest.iter().position(|b| *b == 0)?;
     NodeId::new(std::str::from_utf8(&rest[..end]).ok()?).ok()
 }
@@ -139,6 +136,13 @@ mod tests {
     fn hop_prefixes_do_not_overlap() {
         // "a" must not be a prefix of "ab"'s keys.
         assert!(!outbox(&hop("ab"), Precedence::Routine, 0).starts_with(&outbox_prefix(&hop("a"))));
-        assert_eq!(hop_of_age(&age(&hop("msb"), 7)), Some(hop("msb")));
+        assert_eq!(
+            hop_of_outbox(&outbox(&hop("msb"), Precedence::Flash, 7)),
+            Some(hop("msb"))
+        );
+        assert!(
+            outbox(&hop("msb"), Precedence::Flash, 7)
+                .starts_with(&outbox_rank(&hop("msb"), Precedence::Flash))
+        );
     }
 }

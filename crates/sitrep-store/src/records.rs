@@ -43,20 +43,10 @@ pub(crate) struct OutboxRecord {
     pub(crate) queued_ms: i64,
     #[prost(uint64, tag = "4")]
     pub(crate) bytes: u64,
-    /// The `a` key of this copy.
+    /// The `a` key of this copy, in indexes written before the age index
+    /// was dropped; empty now.
     #[prost(bytes = "vec", tag = "5")]
     pub(crate) age_key: Vec<u8>,
-}
-
-/// `a` key's value: where the copy is, and its size and age.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct AgeRecord {
-    #[prost(bytes = "vec", tag = "1")]
-    pub(crate) outbox_key: Vec<u8>,
-    #[prost(int64, tag = "2")]
-    pub(crate) queued_ms: i64,
-    #[prost(uint64, tag = "3")]
-    pub(crate) bytes: u64,
 }
 
 /// `n` + cursor. The envelope is in the segment log.

@@ -17,8 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::keys;
 use crate::log::{Dir, Log, LogConfig, LogError, OsDir, Position};
 use crate::records::{
-    AgeRecord, BodyPb, CopyPb, DeliveryPb, InboxRecord, JobPb, MessageRecord, OpPb, OutboxRecord, decode,
-    op_kind,
+    BodyPb, CopyPb, DeliveryPb, InboxRecord, JobPb, MessageRecord, OpPb, OutboxRecord, decode, op_kind,
 };
 use crate::{
     BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued,
@@ -195,14 +194,14 @@ impl SledStore {
             truncated_bytes = recovery.truncated.map(|t| t.bytes),
             "store opened: log records replayed into the index"
         );
-        // Outbox totals per hop, from the age index: one pass at start-up.
+        // Outbox totals per hop: one pass over the outboxes at start-up.
         let mut totals: BTreeMap<NodeId, Totals> = BTreeMap::new();
-        for item in db.scan_prefix(b"a") {
+        for item in db.scan_prefix(b"o") {
             let (k, v) = item.map_err(db_err)?;
-            let rec: AgeRecord = decode(&k, &v)?;
-            let hop = keys::hop_of_age(&k).ok_or_else(|| StoreError::Corrupt {
+            let rec: OutboxRecord = decode(&k, &v)?;
+            let hop = keys::hop_of_outbox(&k).ok_or_else(|| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).escape_default().to_string(),
-                detail: "no hop id in age key".into(),
+                detail: "no hop id in outbox key".into(),
             })?;
             let t = totals.entry(hop).or_default();
             t.depth += 1;
@@ -454,14 +453,19 @@ impl Storage for SledStore {
         totals
             .into_iter()
             .map(|(hop, t)| {
-                let oldest = self
-                    .inner
-                    .db
-                    .scan_prefix(keys::age_prefix(&hop))
-                    .next()
-                    .and_then(std::result::Result::ok)
-                    .and_then(|(k, v)| decode::<AgeRecord>(&k, &v).ok())
-                    .map(|a| a.queued_ms);
+                // The first copy of each precedence is its oldest.
+                let oldest = Precedence::ALL
+                    .iter()
+                    .filter_map(|p| {
+                        let (k, v) = self
+                            .inner
+                            .db
+                            .scan_prefix(keys::outbox_rank(&hop, *p))
+                            .next()?
+                            .ok()?;
+                        decode::<OutboxRecord>(&k, &v).ok().map(|r| r.queued_ms)
+                    })
+                    .min();
                 HopStats {
                     next_hop: hop,
                     depth: t.depth,
@@ -1383,23 +1387,13 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor:
         for copy in &i.copies {
             counters.seq += 1;
             let ok = keys::outbox(&copy.next_hop, i.precedence, counters.seq);
-            let ak = keys::age(&copy.next_hop, counters.seq);
             let rec = OutboxRecord {
                 id: i.id.as_bytes().to_vec(),
                 serves: copy.serves.iter().map(ToString::to_string).collect(),
                 queued_ms: i.now_ms,
                 bytes,
-                age_key: ak.clone(),
+                age_key: Vec::new(),
             };
-            tx.put(
-                ak,
-                AgeRecord {
-                    outbox_key: ok.clone(),
-                    queued_ms: i.now_ms,
-                    bytes,
-                }
-                .encode_to_vec(),
-            );
             tx.put(keys::copy_index(&i.id, &copy.next_hop), ok.clone());
             tx.put(ok, rec.encode_to_vec());
             tx.deltas.push((copy.next_hop.clone(), 1, bytes as i64));
@@ -1449,7 +1443,10 @@ fn remove_copy(tx: &mut Tx<'_>, id: &MessageId, hop: &NodeId) -> Result<Option<V
     let rec: OutboxRecord = decode(&ok, &raw)?;
     tx.del(qk);
     tx.del(ok);
-    tx.del(rec.age_key.clone());
+    if !rec.age_key.is_empty() {
+        // An age-index entry written by an earlier version.
+        tx.del(rec.age_key.clone());
+    }
     tx.deltas.push((hop.clone(), -1, -(rec.bytes as i64)));
     let mk = keys::message(id);
     if let Some(raw) = tx.get(&mk)? {
