@@ -6,7 +6,7 @@
 //! | `m` | id | message record (envelope, refs, expiry) |
 //! | `o` | hop 0x00 (255 - precedence) seq | outbox copy (send order) |
 //! | `a` | hop 0x00 seq | (no longer written: the oldest copy per hop is the first of each precedence in `o`; entries from earlier versions are removed with their copy) |
-//! | `q` | id hop | outbox key (to find a copy by message) |
+//! | `q` | id hop | outbox key (no longer written: the message record lists its copies' hops and sequences; entries from earlier versions are still read and removed) |
 //! | `d` | id | dedup: retain-until ms |
 //! | `D` | retain-until id | () (dedup expiry index) |
 //! | `x` | expires id | () (message expiry index) |

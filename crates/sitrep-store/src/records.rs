@@ -20,6 +20,20 @@ pub(crate) struct MessageRecord {
     /// Where the envelope is: the log record of the ingest job.
     #[prost(message, optional, tag = "6")]
     pub(crate) body: Option<BodyPb>,
+    /// The copies still queued: next hop and outbox sequence, so that a
+    /// copy's outbox key is found from the message. Empty in indexes
+    /// written before this field, which find it through the `q` key.
+    #[prost(message, repeated, tag = "7")]
+    pub(crate) copies: Vec<CopySeqPb>,
+}
+
+/// One queued copy of a message: its next hop and outbox sequence.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub(crate) struct CopySeqPb {
+    #[prost(string, tag = "1")]
+    pub(crate) hop: String,
+    #[prost(uint64, tag = "2")]
+    pub(crate) seq: u64,
 }
 
 /// A log position, in the index. `segment == u64::MAX` while the record's

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::keys;
 use crate::log::{Dir, Log, LogConfig, LogError, OsDir, Position};
 use crate::records::{
-    BodyPb, CopyPb, DeliveryPb, InboxRecord, JobPb, MessageRecord, OpPb, OutboxRecord, decode, op_kind,
+    BodyPb, CopyPb, CopySeqPb, DeliveryPb, InboxRecord, JobPb, MessageRecord, OpPb, OutboxRecord, decode,
+    op_kind,
 };
 use crate::{
     BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued,
@@ -1374,16 +1375,7 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor:
     tx.put(keys::dedup_expiry(retain_until, &i.id), Vec::new());
     let bytes = i.envelope.len() as u64;
     if !i.copies.is_empty() {
-        let mk = keys::message(&i.id);
-        let record = MessageRecord {
-            refs: u32::try_from(i.copies.len()).unwrap_or(u32::MAX),
-            expires_ms: i.expires_ms,
-            precedence: i.precedence.to_proto() as i32,
-            hop_count: i.hop_count,
-            body: Some(tx.body_of(&mk)?),
-        };
-        tx.put(mk, record.encode_to_vec());
-        tx.put(keys::expiry(i.expires_ms, &i.id), Vec::new());
+        let mut seqs = Vec::with_capacity(i.copies.len());
         for copy in &i.copies {
             counters.seq += 1;
             let ok = keys::outbox(&copy.next_hop, i.precedence, counters.seq);
@@ -1394,10 +1386,24 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor:
                 bytes,
                 age_key: Vec::new(),
             };
-            tx.put(keys::copy_index(&i.id, &copy.next_hop), ok.clone());
             tx.put(ok, rec.encode_to_vec());
             tx.deltas.push((copy.next_hop.clone(), 1, bytes as i64));
+            seqs.push(CopySeqPb {
+                hop: copy.next_hop.to_string(),
+                seq: counters.seq,
+            });
         }
+        let mk = keys::message(&i.id);
+        let record = MessageRecord {
+            refs: u32::try_from(i.copies.len()).unwrap_or(u32::MAX),
+            expires_ms: i.expires_ms,
+            precedence: i.precedence.to_proto() as i32,
+            hop_count: i.hop_count,
+            body: Some(tx.body_of(&mk)?),
+            copies: seqs,
+        };
+        tx.put(mk, record.encode_to_vec());
+        tx.put(keys::expiry(i.expires_ms, &i.id), Vec::new());
     }
     if i.inbox {
         // The cursor the record says it was given (a rebuild after older
@@ -1432,37 +1438,73 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor:
 
 /// Removes the copy of `id` queued for `hop`; returns the recipients it served.
 fn remove_copy(tx: &mut Tx<'_>, id: &MessageId, hop: &NodeId) -> Result<Option<Vec<NodeId>>> {
-    let qk = keys::copy_index(id, hop);
-    let Some(ok) = tx.get(&qk)? else {
+    let mk = keys::message(id);
+    let Some(raw) = tx.get(&mk)? else {
         return Ok(None);
     };
+    let mut m: MessageRecord = decode(&mk, &raw)?;
+    let ok = match m.copies.iter().position(|c| c.hop == hop.as_str()) {
+        Some(at) => {
+            let c = m.copies.remove(at);
+            let precedence = Precedence::from_proto(m.precedence).unwrap_or(Precedence::Routine);
+            keys::outbox(hop, precedence, c.seq)
+        }
+        // An index written before copies were kept in the message record.
+        None if m.copies.is_empty() => {
+            let qk = keys::copy_index(id, hop);
+            let Some(ok) = tx.get(&qk)? else {
+                return Ok(None);
+            };
+            tx.del(qk);
+            ok
+        }
+        // No copy for this hop (already settled).
+        None => return Ok(None),
+    };
     let Some(raw) = tx.get(&ok)? else {
-        tx.del(qk);
         return Ok(None);
     };
     let rec: OutboxRecord = decode(&ok, &raw)?;
-    tx.del(qk);
     tx.del(ok);
     if !rec.age_key.is_empty() {
         // An age-index entry written by an earlier version.
         tx.del(rec.age_key.clone());
     }
     tx.deltas.push((hop.clone(), -1, -(rec.bytes as i64)));
-    let mk = keys::message(id);
-    if let Some(raw) = tx.get(&mk)? {
-        let mut m: MessageRecord = decode(&mk, &raw)?;
-        m.refs = m.refs.saturating_sub(1);
-        if m.refs == 0 {
-            tx.release_body(m.body)?;
-            tx.del(keys::expiry(m.expires_ms, id));
-            tx.del(mk);
-        } else {
-            tx.put(mk, m.encode_to_vec());
-        }
+    m.refs = m.refs.saturating_sub(1);
+    if m.refs == 0 {
+        tx.release_body(m.body)?;
+        tx.del(keys::expiry(m.expires_ms, id));
+        tx.del(mk);
+    } else {
+        tx.put(mk, m.encode_to_vec());
     }
     Ok(Some(
         rec.serves.iter().filter_map(|s| NodeId::new(s).ok()).collect(),
     ))
+}
+
+/// The next hops `id` still has copies queued for.
+fn copy_hops(tx: &Tx<'_>, id: &MessageId) -> Result<Vec<NodeId>> {
+    let mk = keys::message(id);
+    let Some(raw) = tx.get(&mk)? else {
+        return Ok(Vec::new());
+    };
+    let m: MessageRecord = decode(&mk, &raw)?;
+    if !m.copies.is_empty() {
+        return Ok(m.copies.iter().filter_map(|c| NodeId::new(&c.hop).ok()).collect());
+    }
+    // An index written before copies were kept in the message record.
+    let prefix = keys::copy_index_prefix(id);
+    Ok(tx
+        .scan_prefix(&prefix)?
+        .into_iter()
+        .filter_map(|(qk, _)| {
+            std::str::from_utf8(&qk[prefix.len()..])
+                .ok()
+                .and_then(|s| NodeId::new(s).ok())
+        })
+        .collect())
 }
 
 fn set_state(
@@ -1530,14 +1572,7 @@ fn expire_due(tx: &mut Tx<'_>, now_ms: i64) -> Result<Outcome> {
             continue;
         };
         let mut hops = Vec::new();
-        for (qk, _) in tx.scan_prefix(&keys::copy_index_prefix(&id))? {
-            let prefix_len = 1 + 16;
-            let Some(hop) = std::str::from_utf8(&qk[prefix_len..])
-                .ok()
-                .and_then(|s| NodeId::new(s).ok())
-            else {
-                continue;
-            };
+        for hop in copy_hops(tx, &id)? {
             if let Some(serves) = remove_copy(tx, &id, &hop)? {
                 for r in &serves {
                     set_state(
