@@ -88,17 +88,9 @@ fn write_bytes() -> Option<u64> {
 fn device_sectors(path: &std::path::Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
     let dev = std::fs::metadata(path).ok()?.dev();
-    let (major, minor) = (libc_major(dev), libc_minor(dev));
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
     stat.split_whitespace().nth(6)?.parse().ok()
-}
-
-fn libc_major(dev: u64) -> u64 {
-    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
-}
-
-fn libc_minor(dev: u64) -> u64 {
-    ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
 }
 
 fn store_alone(c: &mut Criterion) {

@@ -589,22 +589,21 @@ async fn a_failed_fdatasync_makes_the_node_unready_and_acknowledges_nothing_afte
     let (status, body) = region.call("GET", "/v1/status", operator, None).await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
-    let open = v["stores"]
-        .as_array()
-        .expect("stores")
-        .iter()
-        .find(|s| s["channel"] == "open")
-        .expect("the open store");
+    let store = |channel: &str| {
+        v["stores"]
+            .as_array()
+            .expect("stores")
+            .iter()
+            .find(|s| s["channel"] == channel)
+            .cloned()
+            .expect("a store per channel")
+    };
+    let open = store("open");
     assert!(
         open["failed"].as_str().is_some_and(|f| f.contains("sync")),
         "{open}"
     );
-    let secure = v["stores"]
-        .as_array()
-        .expect("stores")
-        .iter()
-        .find(|s| s["channel"] == "secure")
-        .expect("the secure store");
+    let secure = store("secure");
     assert!(secure["failed"].is_null(), "{secure}");
 
     // Nothing of the refused reports is queued or was sent: the region's

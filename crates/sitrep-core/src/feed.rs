@@ -159,7 +159,8 @@ fn permille(available: u32, occupied: u32) -> u32 {
         .map_or(0, |p| u32::try_from(p).unwrap_or(1000))
 }
 
-fn icu(beds: &[pb::BedCapacity], kind: pb::BedType) -> pb::IcuCapacity {
+/// Available, occupied and with-ventilator beds of `kind`, summed, with free ‰.
+fn beds_of(beds: &[pb::BedCapacity], kind: pb::BedType) -> pb::IcuCapacity {
     let mut c = pb::IcuCapacity::default();
     for b in beds.iter().filter(|b| b.r#type == kind as i32) {
         c.available = c.available.saturating_add(b.available);
@@ -192,9 +193,9 @@ fn row(feed: &FeedSpec, region: &Region, input: Option<&Input>, now_ms: i64) -> 
         };
     };
     let r = &input.report;
-    let adult = icu(&r.beds, pb::BedType::IcuAdult);
-    let pediatric = icu(&r.beds, pb::BedType::IcuPediatric);
-    let neonatal = icu(&r.beds, pb::BedType::IcuNeonatal);
+    let adult = beds_of(&r.beds, pb::BedType::IcuAdult);
+    let pediatric = beds_of(&r.beds, pb::BedType::IcuPediatric);
+    let neonatal = beds_of(&r.beds, pb::BedType::IcuNeonatal);
     let icu_available = adult
         .available
         .saturating_add(pediatric.available)
@@ -203,7 +204,7 @@ fn row(feed: &FeedSpec, region: &Region, input: Option<&Input>, now_ms: i64) -> 
         .occupied
         .saturating_add(pediatric.occupied)
         .saturating_add(neonatal.occupied);
-    let general = icu(&r.beds, pb::BedType::MedicalSurgical);
+    let general = beds_of(&r.beds, pb::BedType::MedicalSurgical);
     pb::RegionRow {
         region_code: region.code.clone(),
         region_name: region.name.clone(),

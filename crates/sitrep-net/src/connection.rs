@@ -301,11 +301,7 @@ impl IncomingStream {
         let limit = conn.shared.max_frame_bytes;
         let idle = Some(conn.shared.frame_timeout);
         let budget = Some(&conn.shared.read_budget);
-        let read = read_wire_within(&mut recv, limit, budget, idle).await;
-        if matches!(&read, Err(NetError::Stream(e)) if e.starts_with("no bytes for")) {
-            let _ = recv.stop(stream_code::REJECTED.into());
-        }
-        let (wire, permit) = match read {
+        let (wire, permit) = match read_wire_within(&mut recv, limit, budget, idle).await {
             Ok(read) => read,
             Err(e @ NetError::FrameTooLarge { .. }) => {
                 tracing::warn!(error = %e, "refused an oversized frame");
@@ -320,6 +316,9 @@ impl IncomingStream {
                 return Ok(None);
             }
             Err(e) => {
+                // Timed out, reset, or cut short: stop both directions (a
+                // no-op for a stream the peer already reset).
+                let _ = recv.stop(stream_code::REJECTED.into());
                 let _ = send.reset(stream_code::REJECTED.into());
                 return Err(e);
             }

@@ -297,7 +297,14 @@ async fn carry_out(
             }
         }
     }
-    let envelope_sha256 = sitrep_crypto::sha256(&bytes);
+    // Only an aggregator keeps reports for feeds (and needs their digest).
+    let for_feeds = report
+        .filter(|_| shared.builds_feeds())
+        .map(|report| ReportInput {
+            report,
+            envelope_sha256: sitrep_crypto::sha256(&bytes),
+            received_ms: now,
+        });
     ops.insert(
         0,
         Op::Ingest(Ingest {
@@ -324,16 +331,8 @@ async fn carry_out(
         shared.counters.inc(Event::Delivered);
         shared.audit("deliver", Some(h.id), Some(peer), channel, Some(class), "");
         tracing::info!(id = %h.id, origin = %h.origin, %channel, class = %class, "delivered");
-        if let Some(report) = report {
-            shared.offer_report(
-                h,
-                channel,
-                ReportInput {
-                    report,
-                    envelope_sha256,
-                    received_ms: now,
-                },
-            );
+        if let Some(input) = for_feeds {
+            shared.offer_report(h, channel, input);
         }
         shared.emit(NodeEvent::Delivered {
             id: h.id,

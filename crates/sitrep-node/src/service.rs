@@ -378,40 +378,42 @@ impl Service {
             .collect()
     }
 
+    /// The roll-up of `spec` over `regions`, built now.
+    fn rollup(
+        &self,
+        spec: &sitrep_core::feed::FeedSpec,
+        regions: &[sitrep_core::feed::Region],
+    ) -> sitrep_proto::v1::NationalRollup {
+        let sequence = self.0.feeds.sequence.load(std::sync::atomic::Ordering::Relaxed);
+        let latest = lock(&self.0.feeds.latest);
+        sitrep_core::feed::rollup(spec, &latest, regions, self.0.id.as_str(), now_ms(), sequence)
+    }
+
     /// The current roll-up of feed `name`, built now; `None` if this node
     /// builds no such feed.
     pub(crate) fn feed(&self, name: &str) -> Option<sitrep_proto::v1::NationalRollup> {
         let spec = self.0.feeds.specs.iter().find(|f| f.name == name)?;
-        let regions = self.regions();
-        let sequence = self.0.feeds.sequence.load(std::sync::atomic::Ordering::Relaxed);
-        let latest = lock(&self.0.feeds.latest);
-        Some(sitrep_core::feed::rollup(
-            spec,
-            &latest,
-            &regions,
-            self.0.id.as_str(),
-            now_ms(),
-            sequence,
-        ))
+        Some(self.rollup(spec, &self.regions()))
     }
 
     /// The feeds this node builds, with their state now.
     pub(crate) fn feeds(&self) -> Vec<FeedSummary> {
+        let regions = self.regions();
         self.0
             .feeds
             .specs
             .iter()
-            .filter_map(|f| {
-                let r = self.feed(&f.name)?;
+            .map(|f| {
+                let r = self.rollup(f, &regions);
                 let t = r.totals.unwrap_or_default();
-                Some(FeedSummary {
+                FeedSummary {
                     spec: f.clone(),
                     sequence: r.sequence,
                     regions: t.regions_total,
                     reporting: t.regions_reporting,
                     overdue: t.regions_overdue,
                     stale: t.regions_stale,
-                })
+                }
             })
             .collect()
     }

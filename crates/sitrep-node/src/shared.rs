@@ -199,7 +199,7 @@ impl Shared {
         channel: Channel,
         input: ReportInput,
     ) {
-        if self.feeds.specs.is_empty() {
+        if !self.builds_feeds() {
             return;
         }
         let roster = self.roster.get();
@@ -228,6 +228,11 @@ impl Shared {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.bump();
         }
+    }
+
+    /// Whether this node builds feeds (an aggregator with `[[feeds]]`).
+    pub(crate) fn builds_feeds(&self) -> bool {
+        !self.feeds.specs.is_empty()
     }
 
     pub(crate) fn emit(&self, e: NodeEvent) {

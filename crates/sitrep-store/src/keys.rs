@@ -3,13 +3,12 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `m` | id | message record (envelope, refs, expiry) |
+//! | `m` | id | message record (envelope position, refs, expiry, its copies' hops and outbox sequences) |
 //! | `o` | hop 0x00 (255 - precedence) seq | outbox copy (send order) |
-//! | `a` | hop 0x00 seq | (no longer written: the oldest copy per hop is the first of each precedence in `o`; entries from earlier versions are removed with their copy) |
-//! | `q` | id hop | outbox key (no longer written: the message record lists its copies' hops and sequences; entries from earlier versions are still read and removed) |
 //! | `d` | id | dedup: retain-until ms |
 //! | `D` | retain-until id | () (dedup expiry index) |
 //! | `x` | expires id | () (message expiry index) |
+//! | `t` | expires id | () (deliveries tracked at the origin, still open at expiry) |
 //! | `n` | cursor | inbox entry |
 //! | `s` | id recipient | delivery record |
 //! | `L` | segment (u64 BE) | u64 count of index entries whose envelope is in that log segment |
@@ -40,14 +39,6 @@ pub(crate) fn hop_of_outbox(key: &[u8]) -> Option<NodeId> {
     let rest = key.strip_prefix(b"o")?;
     let end = rest.iter().position(|b| *b == 0)?;
     NodeId::new(std::str::from_utf8(&rest[..end]).ok()?).ok()
-}
-
-pub(crate) fn copy_index_prefix(id: &MessageId) -> Vec<u8> {
-    [b"q", &id.as_bytes()[..]].concat()
-}
-
-pub(crate) fn copy_index(id: &MessageId, hop: &NodeId) -> Vec<u8> {
-    [&copy_index_prefix(id)[..], hop.as_str().as_bytes()].concat()
 }
 
 pub(crate) fn dedup(id: &MessageId) -> Vec<u8> {

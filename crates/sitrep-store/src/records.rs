@@ -21,8 +21,7 @@ pub(crate) struct MessageRecord {
     #[prost(message, optional, tag = "6")]
     pub(crate) body: Option<BodyPb>,
     /// The copies still queued: next hop and outbox sequence, so that a
-    /// copy's outbox key is found from the message. Empty in indexes
-    /// written before this field, which find it through the `q` key.
+    /// copy's outbox key is found from the message.
     #[prost(message, repeated, tag = "7")]
     pub(crate) copies: Vec<CopySeqPb>,
 }
@@ -57,10 +56,6 @@ pub(crate) struct OutboxRecord {
     pub(crate) queued_ms: i64,
     #[prost(uint64, tag = "4")]
     pub(crate) bytes: u64,
-    /// The `a` key of this copy, in indexes written before the age index
-    /// was dropped; empty now.
-    #[prost(bytes = "vec", tag = "5")]
-    pub(crate) age_key: Vec<u8>,
 }
 
 /// `n` + cursor. The envelope is in the segment log.

@@ -58,8 +58,10 @@ const APPLIED_KEY: &str = "log.applied";
 /// The index key holding the index layout's version; an index without it
 /// (or with another) is rebuilt from the log at open.
 const VERSION_KEY: &str = "index.version";
-/// 2: envelopes in the log only, positions and live counts in the index.
-const INDEX_VERSION: u64 = 2;
+/// 3: envelopes in the log only, positions and live counts in the index;
+/// each message record lists its copies (no age or copy-index keys). An
+/// index of another version is rebuilt from the log at open.
+const INDEX_VERSION: u64 = 3;
 /// A body position not known yet (its group is being written).
 const PENDING_SEGMENT: u64 = u64::MAX;
 /// Where the segment log lives in a store's directory.
@@ -1384,7 +1386,6 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor:
                 serves: copy.serves.iter().map(ToString::to_string).collect(),
                 queued_ms: i.now_ms,
                 bytes,
-                age_key: Vec::new(),
             };
             tx.put(ok, rec.encode_to_vec());
             tx.deltas.push((copy.next_hop.clone(), 1, bytes as i64));
@@ -1443,33 +1444,18 @@ fn remove_copy(tx: &mut Tx<'_>, id: &MessageId, hop: &NodeId) -> Result<Option<V
         return Ok(None);
     };
     let mut m: MessageRecord = decode(&mk, &raw)?;
-    let ok = match m.copies.iter().position(|c| c.hop == hop.as_str()) {
-        Some(at) => {
-            let c = m.copies.remove(at);
-            let precedence = Precedence::from_proto(m.precedence).unwrap_or(Precedence::Routine);
-            keys::outbox(hop, precedence, c.seq)
-        }
-        // An index written before copies were kept in the message record.
-        None if m.copies.is_empty() => {
-            let qk = keys::copy_index(id, hop);
-            let Some(ok) = tx.get(&qk)? else {
-                return Ok(None);
-            };
-            tx.del(qk);
-            ok
-        }
-        // No copy for this hop (already settled).
-        None => return Ok(None),
+    // No copy for this hop: already settled.
+    let Some(at) = m.copies.iter().position(|c| c.hop == hop.as_str()) else {
+        return Ok(None);
     };
+    let c = m.copies.remove(at);
+    let precedence = Precedence::from_proto(m.precedence).unwrap_or(Precedence::Routine);
+    let ok = keys::outbox(hop, precedence, c.seq);
     let Some(raw) = tx.get(&ok)? else {
         return Ok(None);
     };
     let rec: OutboxRecord = decode(&ok, &raw)?;
     tx.del(ok);
-    if !rec.age_key.is_empty() {
-        // An age-index entry written by an earlier version.
-        tx.del(rec.age_key.clone());
-    }
     tx.deltas.push((hop.clone(), -1, -(rec.bytes as i64)));
     m.refs = m.refs.saturating_sub(1);
     if m.refs == 0 {
@@ -1491,20 +1477,7 @@ fn copy_hops(tx: &Tx<'_>, id: &MessageId) -> Result<Vec<NodeId>> {
         return Ok(Vec::new());
     };
     let m: MessageRecord = decode(&mk, &raw)?;
-    if !m.copies.is_empty() {
-        return Ok(m.copies.iter().filter_map(|c| NodeId::new(&c.hop).ok()).collect());
-    }
-    // An index written before copies were kept in the message record.
-    let prefix = keys::copy_index_prefix(id);
-    Ok(tx
-        .scan_prefix(&prefix)?
-        .into_iter()
-        .filter_map(|(qk, _)| {
-            std::str::from_utf8(&qk[prefix.len()..])
-                .ok()
-                .and_then(|s| NodeId::new(s).ok())
-        })
-        .collect())
+    Ok(m.copies.iter().filter_map(|c| NodeId::new(&c.hop).ok()).collect())
 }
 
 fn set_state(

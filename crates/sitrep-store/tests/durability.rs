@@ -280,6 +280,30 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// One round: 1 to 5 random jobs submitted together, their answers
+/// learned. Returns how many were acknowledged and whether one met a
+/// storage failure.
+fn round(
+    rt: &tokio::runtime::Runtime,
+    store: &SledStore,
+    rng: &mut StdRng,
+    next: &mut u32,
+    model: &mut Model,
+    seed: u64,
+) -> (usize, bool) {
+    let jobs: Vec<Vec<Op>> = (0..rng.gen_range(1..6))
+        .map(|_| random_job(rng, next, model))
+        .collect();
+    let results = apply_together(rt, store, jobs.clone());
+    let (mut acked, mut failed) = (0, false);
+    for (ops, r) in jobs.iter().zip(&results) {
+        learn(model, ops, r, seed);
+        acked += usize::from(r.is_ok());
+        failed |= matches!(r, Err(StoreError::Failed { .. }));
+    }
+    (acked, failed)
+}
+
 /// Runs one seed; returns (jobs acknowledged, whether the cut failed a
 /// group, log segments reclaimed before the cut).
 fn run_seed(seed: u64, rt: &tokio::runtime::Runtime, index: Index) -> (usize, bool, u64) {
@@ -299,14 +323,7 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime, index: Index) -> (usize, bo
     if index == Index::Stale {
         // Some history, then a copy of the index as it stands, closed.
         for _ in 0..rng.gen_range(1..5) {
-            let jobs: Vec<Vec<Op>> = (0..rng.gen_range(1..6))
-                .map(|_| random_job(&mut rng, &mut next, &mut model))
-                .collect();
-            let results = apply_together(rt, &store, jobs.clone());
-            for (ops, r) in jobs.iter().zip(&results) {
-                learn(&mut model, ops, r, seed);
-                acked_jobs += usize::from(r.is_ok());
-            }
+            acked_jobs += round(rt, &store, &mut rng, &mut next, &mut model, seed).0;
         }
         store.close();
         drop(store);
@@ -326,15 +343,9 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime, index: Index) -> (usize, bo
     };
     sim.fail_after(rng.gen_range(ops));
     for _ in 0..rng.gen_range(rounds) {
-        let jobs: Vec<Vec<Op>> = (0..rng.gen_range(1..6))
-            .map(|_| random_job(&mut rng, &mut next, &mut model))
-            .collect();
-        let results = apply_together(rt, &store, jobs.clone());
-        for (ops, r) in jobs.iter().zip(&results) {
-            learn(&mut model, ops, r, seed);
-            acked_jobs += usize::from(r.is_ok());
-            failed |= matches!(r, Err(StoreError::Failed { .. }));
-        }
+        let (acked, failed_now) = round(rt, &store, &mut rng, &mut next, &mut model, seed);
+        acked_jobs += acked;
+        failed |= failed_now;
     }
     // Readers see only what was acknowledged.
     let before = inbox(&store);
