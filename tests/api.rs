@@ -475,10 +475,14 @@ async fn the_openapi_description_lists_every_route_that_exists() {
             "GET /readyz",
             "GET /v1/feeds",
             "GET /v1/feeds/{name}",
+            "GET /v1/feeds/{name}/events",
             "GET /v1/inbox",
             "GET /v1/openapi.json",
             "GET /v1/reports/{id}",
             "GET /v1/status",
+            "POST /v1/feeds/{name}/subscribe",
+            "POST /v1/feeds/{name}/unsubscribe",
+            "POST /v1/feeds/{name}/verify",
             "POST /v1/reports",
         ]
     );
@@ -491,7 +495,9 @@ async fn the_openapi_description_lists_every_route_that_exists() {
     // others 200; an unknown route answers 404, so the check can fail.
     for route in &routes {
         let (method, path) = route.split_once(' ').expect("method and path");
-        let path = path.replace("{id}", "01a44913-6167-7c2a-9e4b-1d07f3a26b58");
+        let path = path
+            .replace("{id}", "01a44913-6167-7c2a-9e4b-1d07f3a26b58")
+            .replace("{name}", "national-open");
         let (status, text) = match method {
             "POST" => region.call("POST", &path, None, Some(json!({}))).await,
             "GET" => region.call("GET", &path, None, None).await,

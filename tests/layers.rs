@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 const NODE_LAYERS: &[&[&str]] = &[
     &["clock", "config", "event", "metrics"],
     &["error"],
+    &["feedstate"],
     &["shared"],
     &["service"],
-    &["ingress", "link", "sweeper"],
+    &["ingress", "link", "sweeper", "feeds"],
     &["api"],
     &["node"],
 ];

@@ -236,6 +236,7 @@ fn row(feed: &FeedSpec, region: &Region, input: Option<&Input>, now_ms: i64) -> 
         never_reported: false,
         report_number: r.report_number,
         report_version: r.version,
+        next_report_due_unix_ms: r.next_report_due_unix_ms,
     }
 }
 
@@ -365,6 +366,107 @@ pub fn rollup(
         built_unix_ms: now_ms,
         sequence,
     }
+}
+
+/// Whether two roll-ups say the same (everything but when they were built
+/// and their sequence): an aggregator publishes only a change.
+#[must_use]
+pub fn same_content(a: &pb::NationalRollup, b: &pb::NationalRollup) -> bool {
+    let strip = |r: &pb::NationalRollup| pb::NationalRollup {
+        built_unix_ms: 0,
+        sequence: 0,
+        ..r.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// The first moment after `rollup` was built at which a row's `stale` or
+/// `overdue` flips with no new report; `None` if none ever will.
+#[must_use]
+pub fn next_flip(feed: &FeedSpec, rollup: &pb::NationalRollup) -> Option<i64> {
+    rollup
+        .regions
+        .iter()
+        .filter(|r| !r.never_reported)
+        .flat_map(|r| {
+            let stale = (!r.stale).then(|| {
+                r.last_report_unix_ms
+                    .saturating_add(feed.stale_after_ms)
+                    .saturating_add(1)
+            });
+            let overdue = (!r.overdue && r.next_report_due_unix_ms > 0)
+                .then(|| r.next_report_due_unix_ms.saturating_add(1));
+            [stale, overdue]
+        })
+        .flatten()
+        .filter(|t| *t > rollup.built_unix_ms)
+        .min()
+}
+
+/// Checks one source of `rollup` against the report it names (already
+/// verified: signature, digest): the source says that report's region,
+/// number and version, and the region's row holds exactly the figures the
+/// report gives. Returns what does not match, empty if all does.
+#[must_use]
+pub fn check_source(
+    rollup: &pb::NationalRollup,
+    source: &pb::RollupSource,
+    report: &pb::SituationReport,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if source.region_code != report.region_code {
+        problems.push(format!(
+            "source says region {} but the report is from region {}",
+            source.region_code, report.region_code
+        ));
+    }
+    if source.report_number != report.report_number || source.report_version != report.version {
+        problems.push(format!(
+            "source says report {} version {} but the report is number {} version {}",
+            source.report_number, source.report_version, report.report_number, report.version
+        ));
+    }
+    let Some(got) = rollup
+        .regions
+        .iter()
+        .find(|r| r.region_code == source.region_code)
+    else {
+        problems.push(format!("no row for region {}", source.region_code));
+        return problems;
+    };
+    // The row as the report makes it; the flags depend on the feed's limit
+    // and the time, so they are taken as given.
+    let feed = FeedSpec {
+        name: rollup.feed.clone(),
+        channel: Channel::Open,
+        mode: Mode::Actual,
+        max_class: Class::TopSecret,
+        stale_after_ms: i64::MAX,
+        regions: Vec::new(),
+    };
+    let input = Input {
+        id: MessageId::new_v7(0, [0; 10]),
+        envelope_sha256: [0; 32],
+        received_ms: source.received_unix_ms,
+        label: Label::new(Class::Open),
+        mode: Mode::Actual,
+        channel: Channel::Open,
+        report: report.clone(),
+    };
+    let region = Region {
+        code: got.region_code.clone(),
+        name: got.region_name.clone(),
+    };
+    let mut want = row(&feed, &region, Some(&input), rollup.built_unix_ms);
+    want.stale = got.stale;
+    want.overdue = got.overdue;
+    if want != *got {
+        problems.push(format!(
+            "the row of region {} does not hold the report's figures",
+            source.region_code
+        ));
+    }
+    problems
 }
 
 /// The roll-up as a subscriber that asked for `regions` sees it (empty:
@@ -605,6 +707,60 @@ mod tests {
         let r = rollup(&f, &l, &regions(), "hub", NOW + 7 * HOUR, 1);
         let t = r.totals.expect("totals");
         assert_eq!((t.regions_overdue, t.regions_stale), (1, 1));
+    }
+
+    #[test]
+    fn next_flip_is_the_first_moment_a_flag_changes_and_only_a_change_is_new_content() {
+        let mut l = Latest::default();
+        l.offer(input(
+            report("03", 1, pb::ReportVersion::Initial, 5),
+            Class::Open,
+            Mode::Actual,
+            NOW,
+        ));
+        let f = feed(Channel::Open, Class::Sensitive);
+        let fresh = rollup(&f, &l, &regions(), "hub", NOW, 1);
+        assert_eq!(next_flip(&f, &fresh), Some(NOW + 4 * HOUR + 1), "overdue first");
+        let overdue = rollup(&f, &l, &regions(), "hub", NOW + 4 * HOUR + 1, 2);
+        assert_eq!(next_flip(&f, &overdue), Some(NOW + 6 * HOUR + 1), "then stale");
+        let both = rollup(&f, &l, &regions(), "hub", NOW + 7 * HOUR, 3);
+        assert_eq!(next_flip(&f, &both), None, "nothing more flips without a report");
+        assert!(!same_content(&fresh, &overdue), "a flag flipped");
+        let later = rollup(&f, &l, &regions(), "hub", NOW + HOUR, 9);
+        assert!(same_content(&fresh, &later), "built later, same content");
+        assert_eq!(
+            next_flip(&f, &rollup(&f, &Latest::default(), &regions(), "hub", NOW, 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn check_source_finds_a_changed_figure_and_a_wrong_source() {
+        let mut l = Latest::default();
+        let r03 = report("03", 4, pb::ReportVersion::Update, 5);
+        l.offer(input(r03.clone(), Class::Open, Mode::Actual, NOW));
+        let f = feed(Channel::Open, Class::Sensitive);
+        let honest = rollup(&f, &l, &regions(), "hub", NOW + 5 * HOUR, 1);
+        let src = honest.sources[0].clone();
+        assert_eq!(check_source(&honest, &src, &r03), Vec::<String>::new());
+
+        let mut changed = honest.clone();
+        for row in &mut changed.regions {
+            if row.region_code == "03" {
+                row.icu_available += 1;
+            }
+        }
+        let problems = check_source(&changed, &src, &r03);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("does not hold the report's figures"),
+            "{problems:?}"
+        );
+
+        let mut wrong = src.clone();
+        wrong.report_number = 3;
+        let problems = check_source(&honest, &wrong, &r03);
+        assert!(problems.iter().any(|p| p.contains("report 3")), "{problems:?}");
     }
 
     #[test]

@@ -246,6 +246,8 @@ wire_enum!(
         FeedUpdate,
         /// `SignedRoster`, in the clear
         Roster,
+        /// `SubscriptionState`
+        Subscription,
     }
 );
 
@@ -285,7 +287,7 @@ mod tests {
         assert_eq!(Precedence::from_proto(4), Some(Precedence::Flash));
         assert!(Precedence::Flash > Precedence::Routine);
         assert_eq!(Mode::parse("EXERCISE"), Some(Mode::Exercise));
-        assert_eq!(ContentType::from_proto(7), None);
+        assert_eq!(ContentType::from_proto(8), None);
         assert!(ContentType::Receipt.may_be_clear());
         assert!(!ContentType::SituationReport.may_be_clear());
     }

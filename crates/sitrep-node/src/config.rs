@@ -133,6 +133,8 @@ struct RawLimits {
     sweep_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     default_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    feed_min_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,6 +258,9 @@ pub struct Limits {
     pub sweep_interval: Duration,
     /// Lifetime of a message when the submitter gives none.
     pub default_ttl: Duration,
+    /// Shortest time between two updates of one feed an aggregator sends
+    /// (a change within it goes out at its end, together with any later).
+    pub feed_min_interval: Duration,
 }
 
 impl Default for Limits {
@@ -275,6 +280,7 @@ impl Default for Limits {
             retry_max: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
             default_ttl: Duration::from_secs(7 * 86_400),
+            feed_min_interval: Duration::from_millis(250),
         }
     }
 }
@@ -472,6 +478,7 @@ impl Config {
             retry_max: positive("retry_max", l.retry_max, d.retry_max)?,
             sweep_interval: positive("sweep_interval", l.sweep_interval, d.sweep_interval)?,
             default_ttl: positive("default_ttl", l.default_ttl, d.default_ttl)?,
+            feed_min_interval: l.feed_min_interval.unwrap_or(d.feed_min_interval),
         };
         if limits.max_frame_bytes < 1024 || limits.max_frame_bytes > 64 * 1024 * 1024 {
             return Err(err("limits.max_frame_bytes", "must be between 1 KiB and 64 MiB"));

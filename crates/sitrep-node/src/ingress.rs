@@ -334,6 +334,16 @@ async fn carry_out(
         if let Some(input) = for_feeds {
             shared.offer_report(h, channel, input);
         }
+        if matches!(
+            h.content_type,
+            ContentType::Subscribe
+                | ContentType::Unsubscribe
+                | ContentType::FeedUpdate
+                | ContentType::Subscription
+        ) {
+            // The feeds task reads it from the inbox.
+            shared.feeds.wake.notify_one();
+        }
         shared.emit(NodeEvent::Delivered {
             id: h.id,
             origin: h.origin.clone(),

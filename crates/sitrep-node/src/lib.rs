@@ -31,6 +31,8 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod event;
+mod feeds;
+mod feedstate;
 mod ingress;
 mod link;
 pub mod metrics;

@@ -122,6 +122,7 @@ impl Node {
                     channel: *channel,
                     max_class: c.max_class,
                     store,
+                    dir: c.store.clone(),
                     endpoint,
                     links,
                 },
@@ -150,8 +151,8 @@ impl Node {
             feeds: crate::shared::Feeds::new(config.feeds.clone()),
         });
         let service = Service::new(Arc::clone(&shared));
-        service.load_feeds()?;
         let mut tasks = JoinSet::new();
+        crate::feeds::start(&shared, &mut tasks)?;
         for (channel, rt) in &shared.channels {
             tasks.spawn(crate::ingress::accept_loop(Arc::clone(&shared), *channel));
             for link in rt.links.values() {

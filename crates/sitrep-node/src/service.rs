@@ -77,21 +77,47 @@ pub struct Received {
     pub envelope_sha256: [u8; 32],
 }
 
-/// One feed this node builds, as listed.
+/// One feed this node builds or asked for, as listed.
 #[derive(Debug, Clone)]
 pub(crate) struct FeedSummary {
-    /// Its configuration.
-    pub spec: sitrep_core::feed::FeedSpec,
-    /// Updates so far (bumped by every newer report on any feed).
-    pub sequence: u64,
-    /// Regions in the roll-up, reporting, overdue, stale.
-    pub regions: u32,
-    /// Regions with a report.
-    pub reporting: u32,
-    /// Regions overdue.
-    pub overdue: u32,
-    /// Regions stale.
-    pub stale: u32,
+    pub(crate) name: String,
+    /// `aggregator` (built here) or `subscriber` (asked for here).
+    pub(crate) role: &'static str,
+    pub(crate) channel: Channel,
+    pub(crate) mode: Mode,
+    /// Its configuration, at the aggregator.
+    pub(crate) spec: Option<sitrep_core::feed::FeedSpec>,
+    pub(crate) aggregator: String,
+    /// `publishing`, or the request's state: `pending`, `active`, `refused`, `ended`.
+    pub(crate) state: String,
+    /// Why it was refused or ended.
+    pub(crate) reason: String,
+    /// Sequence of the latest roll-up held (0: none yet).
+    pub(crate) sequence: u64,
+    pub(crate) built_ms: i64,
+    pub(crate) regions: u32,
+    pub(crate) reporting: u32,
+    pub(crate) overdue: u32,
+    pub(crate) stale: u32,
+    /// Its subscribers, at the aggregator.
+    pub(crate) subscribers: Vec<String>,
+    /// Update lag, ms: at the aggregator, the age of the oldest update not
+    /// yet delivered to its subscriber; at a subscriber, how long the
+    /// latest took from being built to arriving.
+    pub(crate) lag_ms: i64,
+}
+
+/// One source of a roll-up, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceCheck {
+    pub(crate) region_code: String,
+    pub(crate) report_id: String,
+    /// Empty when it checks out.
+    pub(crate) problems: Vec<String>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// One peer link.
@@ -293,7 +319,7 @@ impl Service {
 
     /// An inbox entry verified and opened; `None` (counted) if it no
     /// longer opens.
-    fn open_entry(
+    pub(crate) fn open_entry(
         &self,
         channel: Channel,
         roster: &Roster,
@@ -365,7 +391,7 @@ impl Service {
     }
 
     /// The roster's regions (code and name), for the feeds' rows.
-    fn regions(&self) -> Vec<sitrep_core::feed::Region> {
+    pub(crate) fn regions(&self) -> Vec<sitrep_core::feed::Region> {
         self.0
             .roster
             .get()
@@ -378,44 +404,329 @@ impl Service {
             .collect()
     }
 
-    /// The roll-up of `spec` over `regions`, built now.
-    fn rollup(
+    /// The roll-up of `spec` over `regions`, built at `now`.
+    pub(crate) fn rollup(
         &self,
         spec: &sitrep_core::feed::FeedSpec,
         regions: &[sitrep_core::feed::Region],
+        now: i64,
+        sequence: u64,
     ) -> sitrep_proto::v1::NationalRollup {
-        let sequence = self.0.feeds.sequence.load(std::sync::atomic::Ordering::Relaxed);
         let latest = lock(&self.0.feeds.latest);
-        sitrep_core::feed::rollup(spec, &latest, regions, self.0.id.as_str(), now_ms(), sequence)
+        sitrep_core::feed::rollup(spec, &latest, regions, self.0.id.as_str(), now, sequence)
     }
 
-    /// The current roll-up of feed `name`, built now; `None` if this node
-    /// builds no such feed.
-    pub(crate) fn feed(&self, name: &str) -> Option<sitrep_proto::v1::NationalRollup> {
+    /// The latest roll-up of feed `name` this node holds: published here,
+    /// or received; at an aggregator that has not published yet, built
+    /// now. `None` if it neither builds nor holds such a feed.
+    pub(crate) fn feed(&self, name: &str) -> Option<Arc<sitrep_proto::v1::NationalRollup>> {
+        if let Some(l) = lock(&self.0.feeds.held)
+            .get(name)
+            .and_then(|h| h.latest().cloned())
+        {
+            return Some(l);
+        }
         let spec = self.0.feeds.specs.iter().find(|f| f.name == name)?;
-        Some(self.rollup(spec, &self.regions()))
+        Some(Arc::new(self.rollup(spec, &self.regions(), now_ms(), 0)))
     }
 
-    /// The feeds this node builds, with their state now.
+    /// The roll-ups of feed `name` after sequence `after` (see
+    /// `feedstate::Held::after`), and a receiver that changes with every
+    /// new one; `None` if this node neither builds nor holds the feed.
+    pub(crate) fn feed_after(
+        &self,
+        name: &str,
+        after: u64,
+    ) -> Option<Vec<Arc<sitrep_proto::v1::NationalRollup>>> {
+        let held = lock(&self.0.feeds.held);
+        match held.get(name) {
+            Some(h) => Some(h.after(after)),
+            None if self.0.feeds.specs.iter().any(|f| f.name == name) => Some(Vec::new()),
+            None if lock(&self.0.feeds.requests)
+                .values()
+                .any(|r| r.requests.iter().any(|q| q.feed == name)) =>
+            {
+                Some(Vec::new())
+            }
+            None => None,
+        }
+    }
+
+    /// Changes whenever a held roll-up changes.
+    pub(crate) fn feed_updates(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.feeds.updates.subscribe()
+    }
+
+    /// The feeds this node builds and those it asked for, with their state now.
     pub(crate) fn feeds(&self) -> Vec<FeedSummary> {
-        let regions = self.regions();
-        self.0
-            .feeds
-            .specs
-            .iter()
-            .map(|f| {
-                let r = self.rollup(f, &regions);
-                let t = r.totals.unwrap_or_default();
-                FeedSummary {
-                    spec: f.clone(),
-                    sequence: r.sequence,
+        let shared = &*self.0;
+        let held = lock(&shared.feeds.held).clone();
+        let now = now_ms();
+        let summary = |name: &str| {
+            let h = held.get(name);
+            let latest = h.and_then(|h| h.latest().cloned());
+            let t = latest.as_ref().and_then(|r| r.totals).unwrap_or_default();
+            (latest, h.map(|h| h.received_ms), t)
+        };
+        let mut out = Vec::new();
+        let subs = lock(&shared.feeds.subscriptions).clone();
+        let sent = lock(&shared.feeds.sent).clone();
+        for f in &shared.feeds.specs {
+            let (latest, _, t) = summary(&f.name);
+            let subscribers: Vec<String> = subs
+                .get(&f.channel)
+                .map(|t| {
+                    t.subscriptions
+                        .iter()
+                        .filter(|s| s.feed == f.name)
+                        .map(|s| s.subscriber.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            // The oldest update not yet delivered to its subscriber.
+            let lag_ms = sent
+                .iter()
+                .filter(|((feed, _), _)| *feed == f.name)
+                .filter(|(_, s)| {
+                    s.hops.iter().len() > 0
+                        && shared.channels.get(&s.channel).is_some_and(|rt| {
+                            rt.store.delivery(&s.id).is_ok_and(|d| {
+                                d.iter()
+                                    .any(|r| r.state != sitrep_store::DeliveryState::Delivered)
+                            })
+                        })
+                })
+                .map(|(_, s)| now.saturating_sub(s.sent_ms))
+                .max()
+                .unwrap_or(0);
+            out.push(FeedSummary {
+                name: f.name.clone(),
+                role: "aggregator",
+                channel: f.channel,
+                mode: f.mode,
+                spec: Some(f.clone()),
+                aggregator: shared.id.to_string(),
+                state: "publishing".to_owned(),
+                reason: String::new(),
+                sequence: latest.as_ref().map_or(0, |l| l.sequence),
+                built_ms: latest.as_ref().map_or(0, |l| l.built_unix_ms),
+                regions: t.regions_total,
+                reporting: t.regions_reporting,
+                overdue: t.regions_overdue,
+                stale: t.regions_stale,
+                subscribers,
+                lag_ms,
+            });
+        }
+        for (channel, reqs) in lock(&shared.feeds.requests).iter() {
+            for r in &reqs.requests {
+                let (latest, received, t) = summary(&r.feed);
+                out.push(FeedSummary {
+                    name: r.feed.clone(),
+                    role: "subscriber",
+                    channel: *channel,
+                    mode: latest
+                        .as_ref()
+                        .and_then(|l| Mode::from_proto(l.mode))
+                        .unwrap_or(Mode::Actual),
+                    spec: None,
+                    aggregator: r.aggregator.clone(),
+                    state: r.state.as_str().to_owned(),
+                    reason: r.reason.clone(),
+                    sequence: latest.as_ref().map_or(0, |l| l.sequence),
+                    built_ms: latest.as_ref().map_or(0, |l| l.built_unix_ms),
                     regions: t.regions_total,
                     reporting: t.regions_reporting,
                     overdue: t.regions_overdue,
                     stale: t.regions_stale,
+                    subscribers: Vec::new(),
+                    lag_ms: match (&latest, received) {
+                        (Some(l), Some(at)) => at.saturating_sub(l.built_unix_ms).max(0),
+                        _ => 0,
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    /// Asks `aggregator` (default: the roster's only aggregator) for feed
+    /// `name` on `channel`, optionally only some regions: a signed
+    /// SUBSCRIBE through the network. The answer comes back as the feed's
+    /// first update, or a refusal with its reason (`feeds()` shows it).
+    pub(crate) async fn subscribe(
+        &self,
+        name: &str,
+        aggregator: Option<NodeId>,
+        channel: Channel,
+        regions: Vec<String>,
+        unsubscribe: bool,
+    ) -> Result<MessageId, SubmitError> {
+        let shared = &*self.0;
+        let bad = |field: &'static str, problem: String| SubmitError::Bad { field, problem };
+        if name.is_empty() || name.len() > 63 {
+            return Err(bad("feed", "must be 1 to 63 characters".into()));
+        }
+        if !shared.channels.contains_key(&channel) {
+            return Err(bad(
+                "channel",
+                format!("this node is not on the {channel} channel"),
+            ));
+        }
+        let aggregator = match aggregator {
+            Some(a) => a,
+            None => {
+                let roster = shared.roster.get();
+                let all: Vec<NodeId> = roster
+                    .nodes()
+                    .filter(|n| n.has_role("aggregator") && n.is_on(channel))
+                    .map(|n| n.id.clone())
+                    .collect();
+                match all.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(bad(
+                            "aggregator",
+                            format!("no aggregator on the {channel} channel in the roster"),
+                        ));
+                    }
+                    _ => {
+                        return Err(bad(
+                            "aggregator",
+                            "the roster has several aggregators: name one".into(),
+                        ));
+                    }
                 }
+            }
+        };
+        let payload = pb::Subscribe {
+            feed: name.to_owned(),
+            regions: regions.clone(),
+        }
+        .encode_to_vec();
+        let id = self
+            .submit(Submission {
+                author: String::new(),
+                label: Label::new(channel.floor()),
+                precedence: Precedence::Priority,
+                mode: Mode::Actual,
+                recipients: vec![aggregator.clone()],
+                expires_ms: None,
+                content: Content::Raw {
+                    content_type: if unsubscribe {
+                        ContentType::Unsubscribe
+                    } else {
+                        ContentType::Subscribe
+                    },
+                    payload,
+                },
             })
-            .collect()
+            .await?;
+        let snapshot = {
+            let mut reqs = lock(&shared.feeds.requests);
+            let table = reqs.entry(channel).or_default();
+            table.put(crate::feedstate::Request {
+                feed: name.to_owned(),
+                aggregator: aggregator.to_string(),
+                channel: channel.as_str().to_owned(),
+                regions,
+                state: if unsubscribe {
+                    crate::feedstate::RequestState::Ended
+                } else {
+                    crate::feedstate::RequestState::Pending
+                },
+                reason: if unsubscribe {
+                    "unsubscribed".into()
+                } else {
+                    String::new()
+                },
+                request_id: id.to_string(),
+                updated_ms: now_ms(),
+            });
+            table.clone()
+        };
+        if let Some(rt) = shared.channels.get(&channel) {
+            crate::feedstate::save(&crate::feedstate::Requests::file(&rt.dir), &snapshot).map_err(|e| {
+                SubmitError::Store(StoreError::Corrupt {
+                    key: "feed-requests.json".into(),
+                    detail: e,
+                })
+            })?;
+        }
+        shared.bump();
+        Ok(id)
+    }
+
+    /// The channel and aggregator of a subscription this node asked for.
+    pub(crate) fn request_of(&self, name: &str) -> Option<(Channel, NodeId)> {
+        lock(&self.0.feeds.requests).iter().find_map(|(c, reqs)| {
+            reqs.requests
+                .iter()
+                .find(|r| r.feed == name && r.state != crate::feedstate::RequestState::Ended)
+                .and_then(|r| NodeId::new(&r.aggregator).ok().map(|a| (*c, a)))
+        })
+    }
+
+    /// Checks every source of `rollup` against this node's inbox: an
+    /// envelope with the report's id whose SHA-256 is the source's digest,
+    /// whose signature verifies, whose report is the source's, and whose
+    /// figures are the row's. One line per source, and whether all passed.
+    pub(crate) fn verify(&self, rollup: &pb::NationalRollup) -> Result<Vec<SourceCheck>, StoreError> {
+        let shared = &*self.0;
+        let mut wanted: std::collections::BTreeMap<Vec<u8>, &pb::RollupSource> =
+            rollup.sources.iter().map(|s| (s.report_id.clone(), s)).collect();
+        let mut out = Vec::new();
+        let roster = shared.roster.get();
+        for (channel, ch) in &shared.channels {
+            let mut after = 0;
+            while !wanted.is_empty() {
+                let page = ch.store.inbox_after(after, 500)?;
+                let Some(last) = page.last() else { break };
+                after = last.cursor;
+                for e in &page {
+                    let Some(source) = wanted.remove(e.id.as_bytes().as_slice()) else {
+                        continue;
+                    };
+                    let mut problems = Vec::new();
+                    if sitrep_crypto::sha256(&e.envelope).as_slice() != source.envelope_sha256.as_slice() {
+                        problems.push("the envelope's SHA-256 is not the source's digest".to_owned());
+                    }
+                    match self.open_entry(*channel, &roster, e) {
+                        None => problems.push("the envelope does not verify or open here".to_owned()),
+                        Some(r) => match pb::SituationReport::decode(r.payload.as_slice()) {
+                            Err(err) => problems.push(format!("not a situation report: {err}")),
+                            Ok(report) => {
+                                problems.extend(sitrep_core::feed::check_source(rollup, source, &report))
+                            }
+                        },
+                    }
+                    out.push(SourceCheck {
+                        region_code: source.region_code.clone(),
+                        report_id: e.id.to_string(),
+                        problems,
+                    });
+                }
+            }
+        }
+        for (id, source) in wanted {
+            out.push(SourceCheck {
+                region_code: source.region_code.clone(),
+                report_id: MessageId::from_slice(&id).map_or_else(|_| hex(&id), |i| i.to_string()),
+                problems: vec!["no envelope with this report id in this node's inbox".to_owned()],
+            });
+        }
+        // Rows that claim a report without naming a source.
+        for row in rollup.regions.iter().filter(|r| !r.never_reported) {
+            if !rollup.sources.iter().any(|s| s.region_code == row.region_code) {
+                out.push(SourceCheck {
+                    region_code: row.region_code.clone(),
+                    report_id: String::new(),
+                    problems: vec!["the row has figures but no source".to_owned()],
+                });
+            }
+        }
+        out.sort_by(|a, b| a.region_code.cmp(&b.region_code));
+        Ok(out)
     }
 
     /// Outbox statistics per channel.
@@ -549,6 +860,8 @@ impl Service {
             }
         }
         tracing::info!(serial, previous = current.serial, "roster replaced");
+        // Subscriptions are checked against the new roster.
+        shared.feeds.wake.notify_one();
         shared.bump();
         Ok(serial)
     }

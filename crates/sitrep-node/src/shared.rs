@@ -120,6 +120,8 @@ pub(crate) struct ChannelRt {
     pub(crate) channel: Channel,
     pub(crate) max_class: Class,
     pub(crate) store: SledStore,
+    /// The store's directory (the feed state files live there too).
+    pub(crate) dir: std::path::PathBuf,
     pub(crate) endpoint: ChannelEndpoint,
     pub(crate) links: BTreeMap<NodeId, Arc<Link>>,
 }
@@ -154,21 +156,55 @@ pub(crate) struct Shared {
     pub(crate) feeds: Feeds,
 }
 
-/// The feeds a node builds and the latest report per region it holds for them.
-#[derive(Debug, Default)]
+/// The feeds a node builds (an aggregator) or receives (a subscriber).
+#[derive(Debug)]
 pub(crate) struct Feeds {
     pub(crate) specs: Vec<sitrep_core::feed::FeedSpec>,
+    /// The latest report per region, mode and channel (an aggregator).
     pub(crate) latest: Mutex<sitrep_core::feed::Latest>,
-    /// Bumped whenever a newer report changes what the feeds show.
-    pub(crate) sequence: std::sync::atomic::AtomicU64,
+    /// Wakes the feeds task: a newer report, a feed message in the inbox,
+    /// a roster change.
+    pub(crate) wake: Notify,
+    /// The roll-ups held per feed: published here, or received.
+    pub(crate) held: Mutex<crate::feedstate::HeldFeeds>,
+    /// Bumped whenever `held` changes (the Server-Sent Events wait on it).
+    pub(crate) updates: watch::Sender<u64>,
+    /// The aggregator's subscriptions, per channel.
+    pub(crate) subscriptions: Mutex<BTreeMap<Channel, crate::feedstate::Subscriptions>>,
+    /// The subscriptions this node asked for, per channel.
+    pub(crate) requests: Mutex<BTreeMap<Channel, crate::feedstate::Requests>>,
+    /// The last update sent to each (feed, subscriber), at the aggregator.
+    pub(crate) sent: Mutex<BTreeMap<(String, NodeId), Sent>>,
+}
+
+/// An update sent to one subscriber.
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    pub(crate) id: MessageId,
+    pub(crate) channel: Channel,
+    pub(crate) sequence: u64,
+    /// Next hops its copies were queued for.
+    pub(crate) hops: Vec<NodeId>,
+    pub(crate) sent_ms: i64,
 }
 
 impl Feeds {
     pub(crate) fn new(specs: Vec<sitrep_core::feed::FeedSpec>) -> Self {
         Self {
             specs,
-            ..Self::default()
+            latest: Mutex::default(),
+            wake: Notify::new(),
+            held: Mutex::default(),
+            updates: watch::channel(0).0,
+            subscriptions: Mutex::default(),
+            requests: Mutex::default(),
+            sent: Mutex::default(),
         }
+    }
+
+    /// The roll-ups held changed: wake the event streams.
+    pub(crate) fn updated(&self) {
+        self.updates.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
@@ -223,10 +259,7 @@ impl Shared {
             report: input.report,
         });
         if offered == sitrep_core::feed::Offered::Newer {
-            self.feeds
-                .sequence
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.bump();
+            self.feeds.wake.notify_one();
         }
     }
 

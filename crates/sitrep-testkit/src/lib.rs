@@ -155,11 +155,12 @@ impl TestNet {
                     name: s.id.into(),
                     kind: s.kind.into(),
                     region_code: region_code(s.id).into(),
-                    // A hub may build feeds (it needs `[[feeds]]` too).
-                    roles: if s.kind == "HUB" {
-                        vec!["aggregator".into()]
-                    } else {
-                        vec![]
+                    // A hub may build feeds (it needs `[[feeds]]` too); an
+                    // authority may subscribe to them.
+                    roles: match s.kind {
+                        "HUB" => vec!["aggregator".into()],
+                        "AUTHORITY" => vec!["subscriber".into()],
+                        _ => vec![],
                     },
                     clearance: s.clearance.as_str().into(),
                     api: any,

@@ -49,6 +49,8 @@ struct ApiState {
     tokens: Arc<Vec<([u8; 32], Role)>>,
     /// `/v1/openapi.json`, serialized once at start.
     openapi: axum::body::Bytes,
+    /// Ends the event streams when the node stops.
+    cancel: CancellationToken,
 }
 
 #[derive(OpenApi)]
@@ -62,6 +64,7 @@ struct ApiState {
     tags(
         (name = "reports", description = "Submit situation reports and follow their delivery (reporter)"),
         (name = "inbox", description = "Reports delivered to this node (reader)"),
+        (name = "feeds", description = "National feeds: roll-ups, live events, subscriptions, verification (reader)"),
         (name = "operations", description = "Status, metrics, health (operator)"),
     )
 )]
@@ -85,6 +88,10 @@ fn router() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(query::inbox))
         .routes(routes!(feeds::list))
         .routes(routes!(feeds::show))
+        .routes(routes!(feeds::events))
+        .routes(routes!(feeds::subscribe))
+        .routes(routes!(feeds::unsubscribe))
+        .routes(routes!(feeds::verify))
         .routes(routes!(status::status))
         .routes(routes!(status::metrics))
         .routes(routes!(status::healthz))
@@ -111,6 +118,7 @@ pub(crate) async fn serve(
     let state = ApiState {
         service,
         openapi: openapi.into(),
+        cancel: cancel.clone(),
         tokens: Arc::new(
             api.tokens
                 .iter()

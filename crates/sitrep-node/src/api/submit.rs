@@ -325,17 +325,25 @@ pub(super) async fn submit_report(
     let sub = body.into_submission().map_err(ApiError::fields)?;
     match state.service.submit(sub).await {
         Ok(id) => Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_string() })).into_response()),
-        Err(SubmitError::Invalid(es)) => Err(ApiError::fields(
+        Err(e) => Err(submit_error(e)),
+    }
+}
+
+/// A refused submission as an answer: field errors as 400, policy and
+/// routing as 403, a failed store as 503.
+pub(super) fn submit_error(e: SubmitError) -> ApiError {
+    match e {
+        SubmitError::Invalid(es) => ApiError::fields(
             es.into_iter()
                 .map(|e| field(format!("report.{}", e.field), e.problem))
                 .collect(),
-        )),
-        Err(SubmitError::Bad { field: f, problem }) => Err(ApiError::fields(vec![field(f, problem)])),
-        Err(e @ (SubmitError::Policy(_) | SubmitError::NoRoute(_))) => {
-            Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
+        ),
+        SubmitError::Bad { field: f, problem } => ApiError::fields(vec![field(f, problem)]),
+        e @ (SubmitError::Policy(_) | SubmitError::NoRoute(_)) => {
+            ApiError::new(StatusCode::FORBIDDEN, e.to_string())
         }
-        Err(e @ SubmitError::Store(_)) => Err(ApiError::unavailable(e)),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        e @ SubmitError::Store(_) => ApiError::unavailable(e),
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
