@@ -472,6 +472,46 @@ async fn a_subscriber_gets_the_snapshot_then_each_update_across_restarts_of_eith
     let (_, held) = call(&sub, "GET", "/v1/feeds/national-open", None).await;
     assert_eq!(number(&row(&held, "03")["report_number"]), 4, "{held}");
 
+    // Status and metrics show the feeds, their subscribers and lag.
+    let operator = Api {
+        token: net.api_token("nspl-hub", Role::Operator),
+        ..api(&net, "nspl-hub")
+    };
+    let (status, doc) = call(&operator, "GET", "/v1/status", None).await;
+    assert_eq!(status, 200, "{doc}");
+    let open = doc["feeds"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["name"] == "national-open"))
+        .unwrap_or_else(|| panic!("national-open in the status: {doc}"));
+    assert_eq!(
+        (open["role"].as_str(), open["subscribers"].as_u64()),
+        (Some("aggregator"), Some(1)),
+        "{open}"
+    );
+    assert_eq!(open["regions_reporting"], 1, "{open}");
+    let metrics = tokio::task::spawn_blocking({
+        let url = format!("{}/metrics", operator.base);
+        move || {
+            agent()
+                .get(&url)
+                .call()
+                .expect("metrics")
+                .body_mut()
+                .read_to_string()
+                .expect("text")
+        }
+    })
+    .await
+    .expect("blocking");
+    assert!(
+        metrics.contains("sitrep_feed_subscribers{feed=\"national-open\",role=\"aggregator\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sitrep_feed_update_lag_seconds{feed=\"national-open\""),
+        "{metrics}"
+    );
+
     // Unsubscribe: the hub drops it.
     let (status, body) = call(&sub, "POST", "/v1/feeds/national-open/unsubscribe", None).await;
     assert_eq!(status, 202, "{body}");

@@ -149,6 +149,7 @@ pub(crate) struct StatusSnapshot {
     pub(crate) peers: Vec<PeerStatus>,
     pub(crate) outboxes: Vec<(Channel, HopStats)>,
     pub(crate) stores: Vec<StoreStatus>,
+    pub(crate) feeds: Vec<FeedSummary>,
 }
 
 /// One channel store, as status shows it.
@@ -791,6 +792,7 @@ impl Service {
                     failed: rt.store.healthy().err(),
                 })
                 .collect(),
+            feeds: self.feeds(),
         }
     }
 

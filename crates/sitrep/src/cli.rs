@@ -61,6 +61,11 @@ enum Command {
         #[command(flatten)]
         api: crate::client::ApiArgs,
     },
+    /// National feeds: list, show, watch, subscribe, unsubscribe, verify (reader token).
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -92,6 +97,75 @@ enum ReportCommand {
     Status {
         /// The message id printed by submit.
         id: String,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FeedCommand {
+    /// The feeds this node builds or asked for, with their state.
+    List {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// The latest roll-up: one line per region (overdue and stale marked), then the totals.
+    Show {
+        /// Feed name, e.g. national-open.
+        name: String,
+        /// Print the roll-up as JSON (the proto's field names).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// One line per update as it arrives (Server-Sent Events; resumes after a cut).
+    Watch {
+        /// Feed name.
+        name: String,
+        /// Print each roll-up as one JSON line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// Ask the aggregator for a feed (a signed SUBSCRIBE through the network).
+    Subscribe {
+        /// Feed name.
+        name: String,
+        /// The aggregator's node id; default: the roster's only aggregator.
+        #[arg(long)]
+        aggregator: Option<String>,
+        /// The feed's channel: open or secure.
+        #[arg(long, default_value = "open")]
+        channel: String,
+        /// Only these SCB county codes, comma-separated (default: all).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Wait this long for the first roll-up or the refusal; exit 1 if refused.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<std::time::Duration>,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// Leave a feed (a signed UNSUBSCRIBE).
+    Unsubscribe {
+        /// Feed name.
+        name: String,
+        #[command(flatten)]
+        api: crate::client::ApiArgs,
+    },
+    /// Check a roll-up's sources against the reports this node received:
+    /// digest, signature and every figure; exit 1 if any fails.
+    Verify {
+        /// Feed name.
+        name: String,
+        /// A roll-up (JSON, as `feed show --json` prints it) instead of the one held at the node.
+        #[arg(long)]
+        rollup: Option<PathBuf>,
         #[command(flatten)]
         api: crate::client::ApiArgs,
     },
@@ -165,6 +239,23 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         } => crate::client::report_status(&api, &id),
         Command::Inbox { after, json, api } => crate::client::inbox(&api, after.as_deref(), json),
         Command::Status { json, api } => crate::client::status(&api, json),
+        Command::Feed { command } => match command {
+            FeedCommand::List { json, api } => crate::feed_cmd::list(&api, json),
+            FeedCommand::Show { name, json, api } => crate::feed_cmd::show(&api, &name, json),
+            FeedCommand::Watch { name, json, api } => crate::feed_cmd::watch(&api, &name, json),
+            FeedCommand::Subscribe {
+                name,
+                aggregator,
+                channel,
+                regions,
+                wait,
+                api,
+            } => crate::feed_cmd::subscribe(&api, &name, aggregator.as_deref(), &channel, &regions, wait),
+            FeedCommand::Unsubscribe { name, api } => crate::feed_cmd::unsubscribe(&api, &name),
+            FeedCommand::Verify { name, rollup, api } => {
+                crate::feed_cmd::verify(&api, &name, rollup.as_deref())
+            }
+        },
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => {

@@ -18,14 +18,14 @@ pub(crate) struct ApiArgs {
     pub(crate) token: Option<String>,
 }
 
-struct Client {
-    base: String,
-    token: Option<String>,
+pub(crate) struct Client {
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn new(args: &ApiArgs) -> Self {
+    pub(crate) fn new(args: &ApiArgs) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
@@ -38,7 +38,12 @@ impl Client {
         }
     }
 
-    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let resp = if method == "POST" {
@@ -65,7 +70,7 @@ impl Client {
     }
 
     /// GET or POST, and turn API errors into one-line messages.
-    fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(crate) fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let (status, v) = self.request(method, path, body)?;
         if (200..300).contains(&status) {
             return Ok(v);

@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod demo;
+mod feed_cmd;
 mod node_cmd;
 mod roster_cmd;
 mod util;

@@ -116,6 +116,12 @@ pub(super) async fn list(
     Ok(Json(FeedList { feeds }))
 }
 
+/// No body, or a JSON `null`.
+fn is_empty(body: &[u8]) -> bool {
+    let t = body.trim_ascii();
+    t.is_empty() || t == b"null"
+}
+
 fn no_feed(name: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -264,7 +270,7 @@ pub(super) async fn subscribe(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Requested>), ApiError> {
     authorize(&state, &headers, Role::Reader)?;
-    let body: SubscribeBody = if body.is_empty() {
+    let body: SubscribeBody = if is_empty(&body) {
         SubscribeBody::default()
     } else {
         serde_json::from_slice(&body)
@@ -373,7 +379,7 @@ pub(super) async fn verify(
     body: axum::body::Bytes,
 ) -> Result<Json<Verification>, ApiError> {
     authorize(&state, &headers, Role::Reader)?;
-    let rollup = if body.is_empty() {
+    let rollup = if is_empty(&body) {
         Arc::unwrap_or_clone(state.service.feed(&name).ok_or_else(|| no_feed(&name))?)
     } else {
         serde_json::from_slice::<pb::NationalRollup>(&body).map_err(|e| {

@@ -77,6 +77,26 @@ struct StoreView {
     failed: Option<String>,
 }
 
+/// One feed built or received here.
+#[derive(Debug, Serialize, ToSchema)]
+struct FeedView {
+    name: String,
+    /// `aggregator` or `subscriber`.
+    role: String,
+    channel: String,
+    /// `publishing`, `pending`, `active`, `refused` or `ended`.
+    state: String,
+    /// Sequence of the latest roll-up held; 0 when none yet.
+    sequence: u64,
+    regions_reporting: u32,
+    regions_overdue: u32,
+    /// Subscribers (at the aggregator).
+    subscribers: usize,
+    /// At the aggregator, age of the oldest update not yet delivered to its
+    /// subscriber; at a subscriber, build-to-arrival time of the latest.
+    update_lag_s: f64,
+}
+
 /// The node's status.
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct StatusDocument {
@@ -93,6 +113,8 @@ pub(super) struct StatusDocument {
     /// Refusals at ingress by reason.
     refusals: BTreeMap<String, u64>,
     stores: Vec<StoreView>,
+    /// Feeds built or received here.
+    feeds: Vec<FeedView>,
 }
 
 impl StatusDocument {
@@ -155,6 +177,21 @@ impl StatusDocument {
                     failed: st.failed.clone(),
                 })
                 .collect(),
+            feeds: s
+                .feeds
+                .iter()
+                .map(|f| FeedView {
+                    name: f.name.clone(),
+                    role: f.role.to_owned(),
+                    channel: f.channel.as_str().to_owned(),
+                    state: f.state.clone(),
+                    sequence: f.sequence,
+                    regions_reporting: f.reporting,
+                    regions_overdue: f.overdue,
+                    subscribers: f.subscribers.len(),
+                    update_lag_s: f.lag_ms as f64 / 1000.0,
+                })
+                .collect(),
         }
     }
 }
@@ -193,6 +230,12 @@ struct HopLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ChannelLabels {
     channel: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FeedLabels {
+    feed: String,
+    role: &'static str,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -245,6 +288,51 @@ fn exposition(s: &StatusSnapshot, counters: &Counters) -> Result<String, std::fm
         cert.get_or_create(&ChannelLabels { channel: c.as_str() })
             .set(days(now, *t));
     }
+    let feed_seq = Family::<FeedLabels, Gauge>::default();
+    let feed_subs = Family::<FeedLabels, Gauge>::default();
+    let feed_lag = Family::<FeedLabels, FloatGauge>::default();
+    let feed_reporting = Family::<FeedLabels, Gauge>::default();
+    let feed_overdue = Family::<FeedLabels, Gauge>::default();
+    for f in &s.feeds {
+        let l = FeedLabels {
+            feed: f.name.clone(),
+            role: f.role,
+        };
+        feed_seq
+            .get_or_create(&l)
+            .set(i64::try_from(f.sequence).unwrap_or(i64::MAX));
+        feed_subs
+            .get_or_create(&l)
+            .set(i64::try_from(f.subscribers.len()).unwrap_or(i64::MAX));
+        feed_lag.get_or_create(&l).set(f.lag_ms as f64 / 1000.0);
+        feed_reporting.get_or_create(&l).set(i64::from(f.reporting));
+        feed_overdue.get_or_create(&l).set(i64::from(f.overdue));
+    }
+    registry.register(
+        "sitrep_feed_sequence",
+        "Sequence of the latest roll-up held (microseconds-based).",
+        feed_seq,
+    );
+    registry.register(
+        "sitrep_feed_subscribers",
+        "Subscribers of the feed (aggregator).",
+        feed_subs,
+    );
+    registry.register(
+        "sitrep_feed_update_lag_seconds",
+        "Aggregator: age of the oldest update not yet delivered; subscriber: build-to-arrival time of the latest.",
+        feed_lag,
+    );
+    registry.register(
+        "sitrep_feed_regions_reporting",
+        "Regions with a report in the latest roll-up.",
+        feed_reporting,
+    );
+    registry.register(
+        "sitrep_feed_regions_overdue",
+        "Regions overdue in the latest roll-up.",
+        feed_overdue,
+    );
     let serial = Gauge::<i64>::default();
     serial.set(i64::try_from(s.roster.serial).unwrap_or(i64::MAX));
     let roster_days = FloatGauge::default();
