@@ -130,8 +130,15 @@ impl Task {
     /// latest (a flag flip, the end of a minimum interval).
     async fn round(&mut self) -> Result<Option<Instant>, StoreError> {
         let mut out = Vec::new();
-        for channel in self.shared.channels.keys().copied().collect::<Vec<_>>() {
-            self.read_inbox(channel, &mut out).await?;
+        // Only a node that builds feeds or asked for one has feed messages
+        // to read (a node that subscribes later starts from its first entry).
+        let asked = lock(&self.shared.feeds.requests)
+            .values()
+            .any(|r| !r.requests.is_empty());
+        if self.shared.builds_feeds() || asked {
+            for channel in self.shared.channels.keys().copied().collect::<Vec<_>>() {
+                self.read_inbox(channel, &mut out).await?;
+            }
         }
         let mut next = None;
         if self.shared.builds_feeds() {
