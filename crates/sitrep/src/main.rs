@@ -4,8 +4,10 @@
 mod cli;
 mod client;
 mod demo;
+mod national;
 mod node_cmd;
 mod roster_cmd;
+mod table;
 mod util;
 
 use std::process::ExitCode;
