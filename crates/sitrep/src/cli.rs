@@ -17,9 +17,14 @@ enum Command {
     /// Start the demo network (six nodes on loopback), push sample reports,
     /// print deliveries and receipts; runs until Ctrl-C.
     Demo {
-        /// Run the scenario to the end and exit: 0 only if every report reached every recipient.
+        /// Run the scenario to the end and exit: 0 only if every report reached every recipient
+        /// (with --national: only if both authorities hold all 21 regions and the classified input).
         #[arg(long)]
         once: bool,
+        /// The national network instead (deploy/demo/national.toml): all 21 regions report to the
+        /// NSPL hub, Socialstyrelsen and MSB follow the national roll-ups.
+        #[arg(long)]
+        national: bool,
     },
     /// Run a node.
     Node {
@@ -218,7 +223,7 @@ enum RosterCommand {
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { once } => crate::demo::run(once),
+        Command::Demo { once, national } => crate::demo::run(once, national),
         Command::Node { config } => crate::node_cmd::run(&config),
         Command::DevPki { topology, out } => {
             let t = sitrep_devpki::read_topology(&topology)?;

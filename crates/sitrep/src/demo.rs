@@ -1,9 +1,15 @@
 //! `sitrep demo [--once]`: the demo network of `deploy/demo/topology.toml`
 //! (six nodes) in this process, on loopback, with data in a temp dir. Pushes
 //! sample reports from the regions and prints each delivery and receipt.
+//!
+//! Also the pieces `sitrep demo --national` (`national.rs`) shares: the
+//! tracing setup, a built-in topology with ephemeral ports, starting the
+//! nodes of a topology and wiring their peer addresses, one wake-up per
+//! state change of any node, and the development tokens and API URLs.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -109,26 +115,17 @@ fn samples(now: i64) -> Vec<Sample> {
     ]
 }
 
-pub(crate) fn run(once: bool) -> anyhow::Result<()> {
-    let level = std::env::var("SITREP_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(level).context("SITREP_LOG")?)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// `sitrep demo`; with `national`, `sitrep demo --national` (`national.rs`).
+pub(crate) fn run(once: bool, national: bool) -> anyhow::Result<()> {
+    if national {
+        return crate::national::run(once);
+    }
+    init_tracing()?;
     let dir = tempfile::Builder::new()
         .prefix("sitrep-demo-")
         .tempdir()
         .context("temp dir")?;
-    let mut topology: Topology = toml::from_str(TOPOLOGY).context("built-in demo topology")?;
-    if once {
-        // A scripted run must not depend on fixed ports being free.
-        for n in &mut topology.nodes {
-            n.api.set_port(0);
-            for c in n.channels.values_mut() {
-                c.listen.set_port(0);
-            }
-        }
-    }
+    let topology = topology(TOPOLOGY, "built-in demo topology", once)?;
     let pki = dir.path().join("pki");
     sitrep_devpki::generate(&topology, &pki)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -138,22 +135,82 @@ pub(crate) fn run(once: bool) -> anyhow::Result<()> {
     runtime.block_on(run_network(&topology, &pki, once))
 }
 
-async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> anyhow::Result<()> {
-    // Start every node, then tell each where its peers are (ports may be ephemeral).
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut addrs: BTreeMap<(String, Channel), SocketAddr> = BTreeMap::new();
-    for t in &topology.nodes {
-        let path = pki.join(&t.id).join("node.toml");
-        let config = Config::load_with_env(&path, Vec::new())?;
-        let node = Node::start(config)
-            .await
-            .with_context(|| format!("starting {}", t.id))?;
-        for c in Channel::ALL {
-            if let Some(a) = node.local_addr(c) {
-                addrs.insert((t.id.clone(), c), a);
+/// Logs to stderr at the level `SITREP_LOG` says (default `warn`).
+pub(crate) fn init_tracing() -> anyhow::Result<()> {
+    let level = std::env::var("SITREP_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(level).context("SITREP_LOG")?)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Ok(())
+}
+
+/// Parses a built-in topology (`what` names it in errors); for a scripted
+/// run (`ephemeral`) every listener moves to port 0.
+pub(crate) fn topology(text: &str, what: &str, ephemeral: bool) -> anyhow::Result<Topology> {
+    let mut topology: Topology = toml::from_str(text).with_context(|| what.to_owned())?;
+    if ephemeral {
+        // A scripted run must not depend on fixed ports being free.
+        for n in &mut topology.nodes {
+            n.api.set_port(0);
+            for c in n.channels.values_mut() {
+                c.listen.set_port(0);
             }
         }
-        nodes.insert(t.id.clone(), node);
+    }
+    Ok(topology)
+}
+
+/// Starts every node of `topology` from its `node.toml` under `pki` (after
+/// `configure` has changed its config), all at once, then tells each where
+/// its peers are (ports may be ephemeral). If one fails, the others are
+/// stopped again.
+pub(crate) async fn start_nodes(
+    topology: &Topology,
+    pki: &Path,
+    mut configure: impl FnMut(&str, &mut Config),
+) -> anyhow::Result<BTreeMap<String, Node>> {
+    let mut starting = tokio::task::JoinSet::new();
+    let mut failed: Option<anyhow::Error> = None;
+    for t in &topology.nodes {
+        let path = pki.join(&t.id).join("node.toml");
+        match Config::load_with_env(&path, Vec::new()) {
+            Ok(mut config) => {
+                configure(&t.id, &mut config);
+                let id = t.id.clone();
+                starting.spawn(async move { (id, Node::start(config).await) });
+            }
+            Err(e) => {
+                failed = Some(anyhow::Error::new(e).context(format!("{}", path.display())));
+                break;
+            }
+        }
+    }
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    while let Some(joined) = starting.join_next().await {
+        match joined {
+            Ok((id, Ok(node))) => {
+                nodes.insert(id, node);
+            }
+            Ok((id, Err(e))) => {
+                failed.get_or_insert_with(|| anyhow::Error::new(e).context(format!("starting {id}")));
+            }
+            Err(e) => {
+                failed.get_or_insert_with(|| anyhow::Error::new(e).context("starting a node"));
+            }
+        }
+    }
+    if let Some(e) = failed {
+        shutdown_all(nodes).await;
+        return Err(e);
+    }
+    let mut addrs: BTreeMap<(String, Channel), SocketAddr> = BTreeMap::new();
+    for (id, node) in &nodes {
+        for c in Channel::ALL {
+            if let Some(a) = node.local_addr(c) {
+                addrs.insert((id.clone(), c), a);
+            }
+        }
     }
     for node in nodes.values() {
         for p in node.peers() {
@@ -162,6 +219,59 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
             }
         }
     }
+    Ok(nodes)
+}
+
+/// Shuts every node down, all at once.
+pub(crate) async fn shutdown_all(nodes: BTreeMap<String, Node>) {
+    let mut stopping = tokio::task::JoinSet::new();
+    for (_, node) in nodes {
+        stopping.spawn(node.shutdown());
+    }
+    while stopping.join_next().await.is_some() {}
+}
+
+/// One message on the returned receiver whenever any node's state changes
+/// (coalesced: a full queue already says "changed"). The forwarders run in
+/// `tasks`.
+pub(crate) fn forward_changes(
+    nodes: &BTreeMap<String, Node>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<()>(64);
+    for node in nodes.values() {
+        let mut watch = node.watch();
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            while watch.changed().await.is_ok() {
+                let _ = tx.try_send(());
+            }
+        });
+    }
+    rx
+}
+
+/// The development API token of node `id` for `role`, from its `node.toml`
+/// (a throw-away PKI: printed so that a walk-through can be pasted); empty
+/// if there is none.
+pub(crate) fn token(pki: &Path, id: &str, role: sitrep_node::config::Role) -> String {
+    Config::load_with_env(&pki.join(id).join("node.toml"), Vec::new())
+        .ok()
+        .and_then(|c| c.api)
+        .and_then(|a| a.tokens.into_iter().find(|(_, r)| *r == role).map(|(t, _)| t))
+        .unwrap_or_default()
+}
+
+/// `http://ADDR` of node `id`'s API; empty if it has none.
+pub(crate) fn api_url(nodes: &BTreeMap<String, Node>, id: &str) -> String {
+    nodes
+        .get(id)
+        .and_then(Node::api_addr)
+        .map_or_else(String::new, |a| format!("http://{a}"))
+}
+
+async fn run_network(topology: &Topology, pki: &Path, once: bool) -> anyhow::Result<()> {
+    let nodes = start_nodes(topology, pki, |_, _| {}).await?;
     println!(
         "sitrep demo: {} nodes on loopback; data and tokens in {}",
         nodes.len(),
@@ -177,8 +287,8 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
         );
     }
     // Print deliveries and receipts as they happen.
-    let (tx, mut changed) = tokio::sync::mpsc::channel::<()>(64);
     let mut printers = tokio::task::JoinSet::new();
+    let mut changed = forward_changes(&nodes, &mut printers);
     for (id, node) in &nodes {
         let mut events = node.events();
         let id = id.clone();
@@ -197,13 +307,6 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
                     }
                     _ => {}
                 }
-            }
-        });
-        let mut watch = node.watch();
-        let tx = tx.clone();
-        printers.spawn(async move {
-            while watch.changed().await.is_ok() {
-                let _ = tx.try_send(());
             }
         });
     }
@@ -270,20 +373,8 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
         ))
     };
     if !once && result.is_ok() {
-        // Development tokens of a throw-away PKI: printed so the walk-through can be pasted.
-        let token = |id: &str, role: sitrep_node::config::Role| -> String {
-            Config::load_with_env(&pki.join(id).join("node.toml"), Vec::new())
-                .ok()
-                .and_then(|c| c.api)
-                .and_then(|a| a.tokens.into_iter().find(|(_, r)| *r == role).map(|(t, _)| t))
-                .unwrap_or_default()
-        };
-        let api = |id: &str| {
-            nodes
-                .get(id)
-                .and_then(Node::api_addr)
-                .map_or_else(String::new, |a| format!("http://{a}"))
-        };
+        let token = |id: &str, role| token(pki, id, role);
+        let api = |id: &str| api_url(&nodes, id);
         println!("\nrunning. In another terminal (development tokens of this run):");
         println!(
             "  sitrep report submit deploy/examples/uppsala-icu-report.json --wait --api {} --token {}",
@@ -304,9 +395,7 @@ async fn run_network(topology: &Topology, pki: &std::path::Path, once: bool) -> 
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     }
     printers.abort_all();
-    for (_, node) in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
     if let Err(e) = result {
         bail!(e);
     }

@@ -1,7 +1,6 @@
 //! `sitrep feed list | show | watch | subscribe | unsubscribe | verify`: the
 //! national feeds through the node's API (reader token).
 
-use std::fmt::Write as _;
 use std::io::BufRead as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::client::{ApiArgs, Client};
+use crate::table::{flag, number as n, time as when};
 
 fn s(v: &Value, k: &str) -> String {
     match v.get(k) {
@@ -17,16 +17,6 @@ fn s(v: &Value, k: &str) -> String {
         Some(Value::Null) | None => "-".into(),
         Some(x) => x.to_string(),
     }
-}
-
-fn n(v: &Value, k: &str) -> u64 {
-    v.get(k)
-        .and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
-        .unwrap_or(0)
-}
-
-fn flag(v: &Value, k: &str) -> bool {
-    v.get(k).and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// `feed list`: the feeds built or asked for here, one line each.
@@ -72,117 +62,13 @@ pub(crate) fn list(args: &ApiArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn when(ms: u64) -> String {
-    if ms == 0 {
-        return "-".into();
-    }
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
-
-fn status_word(v: &Value, k: &str) -> String {
-    let w = s(v, k);
-    w.strip_prefix("RESOURCE_STATUS_").unwrap_or(&w).to_owned()
-}
-
-/// A roll-up as a table: one line per region (overdue and stale marked),
-/// then the national totals.
-pub(crate) fn rollup_table(r: &Value) -> String {
-    let mut out = String::new();
-    let label = r.get("label").cloned().unwrap_or(Value::Null);
-    let caveats = label
-        .get("caveats")
-        .and_then(Value::as_array)
-        .map(|c| c.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "{} by {}  {}  [{} {}]  built {}  sequence {}",
-        s(r, "feed"),
-        s(r, "aggregator"),
-        s(r, "mode"),
-        s(&label, "class"),
-        caveats,
-        when(n(r, "built_unix_ms")),
-        n(r, "sequence")
-    );
-    let _ = writeln!(
-        out,
-        "{:<4} {:<28} {:<18} {:>9} {:>6} {:>9} {:<12} {:<12} {:<20}  MARKS",
-        "CODE", "REGION", "BEREDSKAPSLÄGE", "IVA FREE", "‰", "BEDS", "TRANSPORTS", "PLANNED", "LAST REPORT"
-    );
-    for row in r.get("regions").and_then(Value::as_array).into_iter().flatten() {
-        if flag(row, "never_reported") {
-            let _ = writeln!(
-                out,
-                "{:<4} {:<28} never reported",
-                s(row, "region_code"),
-                s(row, "region_name")
-            );
-            continue;
-        }
-        let mut marks = Vec::new();
-        if flag(row, "overdue") {
-            marks.push("OVERDUE");
-        }
-        if flag(row, "stale") {
-            marks.push("STALE");
-        }
-        let level = s(row, "preparedness_level");
-        let _ = writeln!(
-            out,
-            "{:<4} {:<28} {:<18} {:>9} {:>6} {:>9} {:<12} {:<12} {:<20}  {}",
-            s(row, "region_code"),
-            s(row, "region_name"),
-            level.strip_prefix("PREPAREDNESS_LEVEL_").unwrap_or(&level),
-            format!(
-                "{}/{}",
-                n(row, "icu_available"),
-                n(row, "icu_available") + n(row, "icu_occupied")
-            ),
-            n(row, "icu_free_permille"),
-            format!(
-                "{}/{}",
-                n(row, "beds_available"),
-                n(row, "beds_available") + n(row, "beds_occupied")
-            ),
-            status_word(row, "transports_status"),
-            status_word(row, "planned_care_status"),
-            when(n(row, "last_report_unix_ms")),
-            marks.join(" ")
-        );
-    }
-    let t = r.get("totals").cloned().unwrap_or(Value::Null);
-    let _ = writeln!(
-        out,
-        "TOTAL: {}/{} regions reporting, {} overdue, {} stale, {} never reported; IVA {} free of {} ({}‰); beds {} free; {} transport units",
-        n(&t, "regions_reporting"),
-        n(&t, "regions_total"),
-        n(&t, "regions_overdue"),
-        n(&t, "regions_stale"),
-        n(&t, "regions_never_reported"),
-        n(&t, "icu_available"),
-        n(&t, "icu_available") + n(&t, "icu_occupied"),
-        n(&t, "icu_free_permille"),
-        n(&t, "beds_available"),
-        n(&t, "transports_available_units"),
-    );
-    let withheld = r.get("withheld").and_then(Value::as_array).map_or(0, Vec::len);
-    if withheld > 0 {
-        let _ = writeln!(
-            out,
-            "withheld from the open feed: {withheld} input(s) above SENSITIVE"
-        );
-    }
-    out
-}
-
 /// `feed show NAME`: the latest roll-up.
 pub(crate) fn show(args: &ApiArgs, name: &str, json: bool) -> anyhow::Result<()> {
     let v = Client::new(args).ok("GET", &format!("/v1/feeds/{name}"), None)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", rollup_table(&v));
+        print!("{}", crate::table::print_table(&v));
     }
     Ok(())
 }

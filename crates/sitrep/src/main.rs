@@ -5,8 +5,10 @@ mod cli;
 mod client;
 mod demo;
 mod feed_cmd;
+mod national;
 mod node_cmd;
 mod roster_cmd;
+mod table;
 mod util;
 
 use std::process::ExitCode;
