@@ -248,13 +248,11 @@ fn cost(rounds: u32) {
             latest.offer(report(&r.code, 1, now));
         }
         let t = std::time::Instant::now();
-        let mut n = 2;
-        for _ in 0..rounds {
+        for n in 2..rounds + 2 {
             for r in all.iter().take(21) {
                 latest.offer(report(&r.code, n, now));
                 black_box(rollup(&spec, &latest, &all, "hub", now, u64::from(n)));
             }
-            n += 1;
         }
         let per_update = t.elapsed() / (rounds * 21);
         let built = rollup(&spec, &latest, &all, "hub", now, 1);

@@ -434,22 +434,43 @@ async fn a_subscriber_gets_the_snapshot_then_each_update_across_restarts_of_eith
     let (second, _) = until(&mut sub_events, "report 2", has_report("03", 2)).await;
     assert!(second > first, "sequences grow: {first} then {second}");
 
-    // The subscriber is down while report 3 is published: it gets it when back.
+    // The subscriber is down while reports 3, 4 and 5 are published: each
+    // update replaces the one still queued for it, so when it is back it
+    // gets the latest alone.
+    let updates_held = |net: &TestNet| {
+        inbox_types(net, "socialstyrelsen")
+            .iter()
+            .filter(|t| **t == ContentType::FeedUpdate)
+            .count()
+    };
+    let before = updates_held(&net);
     net.stop("socialstyrelsen").await;
-    net.node("region-uppsala")
-        .submit(submission(3, Class::Sensitive, Mode::Exercise, 7))
-        .await
-        .expect("submit");
-    until(&mut hub_events, "report 3 at the hub", has_report("03", 3)).await;
+    for n in 3..=5 {
+        net.node("region-uppsala")
+            .submit(submission(n, Class::Sensitive, Mode::Exercise, 7))
+            .await
+            .expect("submit");
+        until(
+            &mut hub_events,
+            "the report at the hub",
+            has_report("03", u64::from(n)),
+        )
+        .await;
+    }
     net.start_node("socialstyrelsen").await;
     let sub = api(&net, "socialstyrelsen");
     let mut sub_events = events(&sub, "national-open", Some(second));
     until(
         &mut sub_events,
-        "report 3 after the subscriber's restart",
-        has_report("03", 3),
+        "report 5 after the subscriber's restart",
+        has_report("03", 5),
     )
     .await;
+    assert_eq!(
+        updates_held(&net),
+        before + 1,
+        "the superseded updates were replaced in the hub's outbox, not delivered"
+    );
     // Its subscription list survived too.
     listed_when(&net, "socialstyrelsen", "national-open", |f| {
         f["state"] == "active"
@@ -459,18 +480,18 @@ async fn a_subscriber_gets_the_snapshot_then_each_update_across_restarts_of_eith
     // The aggregator restarts: the subscription holds, updates go on.
     net.restart("nspl-hub").await;
     net.node("region-uppsala")
-        .submit(submission(4, Class::Sensitive, Mode::Exercise, 6))
+        .submit(submission(6, Class::Sensitive, Mode::Exercise, 6))
         .await
         .expect("submit");
     let (_, latest) = until(
         &mut sub_events,
-        "report 4 after the hub's restart",
-        has_report("03", 4),
+        "report 6 after the hub's restart",
+        has_report("03", 6),
     )
     .await;
     assert_eq!(number(&row(&latest, "03")["icu_adult"]["available"]), 6);
     let (_, held) = call(&sub, "GET", "/v1/feeds/national-open", None).await;
-    assert_eq!(number(&row(&held, "03")["report_number"]), 4, "{held}");
+    assert_eq!(number(&row(&held, "03")["report_number"]), 6, "{held}");
 
     // Status and metrics show the feeds, their subscribers and lag.
     let operator = Api {
