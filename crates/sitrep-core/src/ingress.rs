@@ -1440,7 +1440,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 2 * 5 * 6 * 6 * 6 * 3 * 4);
+        assert_eq!(
+            cases,
+            2 * 5 * 6 * Class::ALL.len() * ContentType::ALL.len() * 3 * 4
+        );
         for want in [
             "receipt for us",
             "inbox, receipt none",
