@@ -223,7 +223,13 @@ enum RosterCommand {
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { once, national } => crate::demo::run(once, national),
+        Command::Demo { once, national } => {
+            if national {
+                crate::national::run(once)
+            } else {
+                crate::demo::run(once)
+            }
+        }
         Command::Node { config } => crate::node_cmd::run(&config),
         Command::DevPki { topology, out } => {
             let t = sitrep_devpki::read_topology(&topology)?;

@@ -115,11 +115,8 @@ fn samples(now: i64) -> Vec<Sample> {
     ]
 }
 
-/// `sitrep demo`; with `national`, `sitrep demo --national` (`national.rs`).
-pub(crate) fn run(once: bool, national: bool) -> anyhow::Result<()> {
-    if national {
-        return crate::national::run(once);
-    }
+/// `sitrep demo` (`sitrep demo --national` is `national::run`).
+pub(crate) fn run(once: bool) -> anyhow::Result<()> {
     init_tracing()?;
     let dir = tempfile::Builder::new()
         .prefix("sitrep-demo-")
