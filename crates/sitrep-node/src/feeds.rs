@@ -38,15 +38,16 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::feedstate::{self, Held, Request, RequestState, Requests, Subscription, Subscriptions};
 use crate::service::Service;
-use crate::shared::{Sent, Shared, lock};
+use crate::shared::{ReportInput, Sent, Shared, lock};
 
 /// Inbox entries read per page.
 const PAGE: usize = 256;
 
-/// Loads the feed state files and the feeds' reports, and spawns the task.
+/// Loads the feed state files and spawns the task (which takes the
+/// reports already in the inbox into the feeds in its first round).
 ///
 /// # Errors
-/// A state file that cannot be read, or a store that fails.
+/// A state file that cannot be read.
 pub(crate) fn start(
     shared: &Arc<Shared>,
     tasks: &mut JoinSet<Result<(), NodeError>>,
@@ -59,7 +60,6 @@ pub(crate) fn start(
         lock(&shared.feeds.subscriptions).insert(*channel, subs);
         lock(&shared.feeds.requests).insert(*channel, reqs);
     }
-    Service::new(Arc::clone(shared)).load_feeds()?;
     tasks.spawn(run(Arc::clone(shared)));
     Ok(())
 }
@@ -70,6 +70,8 @@ async fn run(shared: Arc<Shared>) -> Result<(), NodeError> {
         shared,
         tail: BTreeMap::new(),
         changed_at: BTreeMap::new(),
+        catching_up: true,
+        reports_read: 0,
     };
     loop {
         let next = match task.round().await {
@@ -106,6 +108,12 @@ struct Task {
     tail: BTreeMap<Channel, u64>,
     /// When each feed's content last changed, for the minimum interval.
     changed_at: BTreeMap<String, Instant>,
+    /// Until the first round has read the whole inbox: the reports in it
+    /// are the aggregator's durable state and are taken into the feeds
+    /// (later ones are offered by ingress as they arrive). Nothing is
+    /// published before.
+    catching_up: bool,
+    reports_read: usize,
 }
 
 /// One channel's store job: its ops, and what each message sent was.
@@ -138,6 +146,16 @@ impl Task {
         if self.shared.builds_feeds() || asked {
             for channel in self.shared.channels.keys().copied().collect::<Vec<_>>() {
                 self.read_inbox(channel, &mut out).await?;
+            }
+        }
+        if self.catching_up {
+            self.catching_up = false;
+            if self.shared.builds_feeds() {
+                tracing::info!(
+                    feeds = self.shared.feeds.specs.len(),
+                    reports = self.reports_read,
+                    "feeds loaded from the inbox"
+                );
             }
         }
         let mut next = None;
@@ -182,6 +200,7 @@ impl Task {
                 self.shared.builds_feeds() && entry.cursor > applied
             }
             ContentType::FeedUpdate | ContentType::Subscription => true,
+            ContentType::SituationReport => self.catching_up && self.shared.builds_feeds(),
             _ => false,
         };
         if !wanted {
@@ -197,6 +216,17 @@ impl Task {
             }
             ContentType::FeedUpdate => self.update(channel, &roster, &r),
             ContentType::Subscription => self.answer(channel, &r),
+            ContentType::SituationReport => {
+                if let Ok(report) = pb::SituationReport::decode(r.payload.as_slice()) {
+                    self.reports_read += 1;
+                    let input = ReportInput {
+                        report,
+                        envelope_sha256: r.envelope_sha256,
+                        received_ms: r.received_ms,
+                    };
+                    self.shared.offer_report(&r.header, channel, input);
+                }
+            }
             _ => {}
         }
     }
@@ -406,11 +436,9 @@ impl Task {
             } else {
                 let mut built = self.service.rollup(spec, &regions, now, 0);
                 let mut held = lock(&shared.feeds.held);
-                let h = held.entry(spec.name.clone()).or_insert_with(|| Held {
-                    channel: spec.channel,
-                    received_ms: now,
-                    history: std::collections::VecDeque::new(),
-                });
+                let h = held
+                    .entry(spec.name.clone())
+                    .or_insert_with(|| Held::new(spec.channel, now));
                 if !h.latest().is_some_and(|l| same_content(l, &built)) {
                     let micros = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
                     built.sequence = h.latest().map_or(0, |l| l.sequence).saturating_add(1).max(micros);
@@ -561,11 +589,9 @@ impl Task {
         let feed = rollup.feed.clone();
         let taken = {
             let mut held = lock(&shared.feeds.held);
-            let slot = held.entry(feed.clone()).or_insert_with(|| Held {
-                channel,
-                received_ms: r.received_ms,
-                history: std::collections::VecDeque::new(),
-            });
+            let slot = held
+                .entry(feed.clone())
+                .or_insert_with(|| Held::new(channel, r.received_ms));
             slot.channel == channel && slot.offer(rollup, r.received_ms)
         };
         if taken {

@@ -186,6 +186,14 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    pub(crate) fn new(channel: Channel, received_ms: i64) -> Self {
+        Self {
+            channel,
+            received_ms,
+            history: VecDeque::new(),
+        }
+    }
+
     pub(crate) fn latest(&self) -> Option<&Arc<pb::NationalRollup>> {
         self.history.back()
     }
@@ -242,11 +250,7 @@ mod tests {
 
     #[test]
     fn held_keeps_newer_only_and_replays_after_a_sequence() {
-        let mut h = Held {
-            channel: Channel::Open,
-            received_ms: 0,
-            history: VecDeque::new(),
-        };
+        let mut h = Held::new(Channel::Open, 0);
         assert!(h.offer(rollup(10), 1));
         assert!(!h.offer(rollup(10), 2), "equal is not newer");
         assert!(!h.offer(rollup(9), 3), "older is not newer");

@@ -22,7 +22,7 @@ use crate::clock::now_ms;
 use crate::error::{RosterUpdateError, SubmitError};
 use crate::event::NodeEvent;
 use crate::metrics::{Counters, Event};
-use crate::shared::{ReportInput, Shared, lock};
+use crate::shared::{Shared, lock};
 
 /// What to send.
 // A submission is built once per report and moved, never stored in bulk:
@@ -114,10 +114,6 @@ pub(crate) struct SourceCheck {
     pub(crate) report_id: String,
     /// Empty when it checks out.
     pub(crate) problems: Vec<String>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// One peer link.
@@ -347,50 +343,6 @@ impl Service {
         }
     }
 
-    /// Takes every situation report in the inbox into the feeds (at start:
-    /// the inbox is the feeds' durable state). Returns how many were read.
-    pub(crate) fn load_feeds(&self) -> Result<usize, StoreError> {
-        if self.0.feeds.specs.is_empty() {
-            return Ok(0);
-        }
-        let mut read = 0;
-        let roster = self.0.roster.get();
-        for (channel, ch) in &self.0.channels {
-            let mut after = 0;
-            loop {
-                // Paged on the store's cursor: entries that no longer open
-                // are skipped, not mistaken for the end.
-                let page = ch.store.inbox_after(after, 500)?;
-                let Some(last) = page.last() else { break };
-                after = last.cursor;
-                for r in page.iter().filter_map(|e| self.open_entry(*channel, &roster, e)) {
-                    read += 1;
-                    if r.header.content_type != ContentType::SituationReport {
-                        continue;
-                    }
-                    let Ok(report) = sitrep_proto::v1::SituationReport::decode(r.payload.as_slice()) else {
-                        continue;
-                    };
-                    self.0.offer_report(
-                        &r.header,
-                        *channel,
-                        ReportInput {
-                            report,
-                            envelope_sha256: r.envelope_sha256,
-                            received_ms: r.received_ms,
-                        },
-                    );
-                }
-            }
-        }
-        tracing::info!(
-            feeds = self.0.feeds.specs.len(),
-            inbox_entries = read,
-            "feeds loaded from the inbox"
-        );
-        Ok(read)
-    }
-
     /// The roster's regions (code and name), for the feeds' rows.
     pub(crate) fn regions(&self) -> Vec<sitrep_core::feed::Region> {
         self.0
@@ -461,13 +413,18 @@ impl Service {
     /// The feeds this node builds and those it asked for, with their state now.
     pub(crate) fn feeds(&self) -> Vec<FeedSummary> {
         let shared = &*self.0;
-        let held = lock(&shared.feeds.held).clone();
+        // The latest roll-up of each feed and when it came: nothing else is read.
+        let held: std::collections::BTreeMap<String, (Option<Arc<pb::NationalRollup>>, i64)> =
+            lock(&shared.feeds.held)
+                .iter()
+                .map(|(name, h)| (name.clone(), (h.latest().cloned(), h.received_ms)))
+                .collect();
         let now = now_ms();
         let summary = |name: &str| {
             let h = held.get(name);
-            let latest = h.and_then(|h| h.latest().cloned());
+            let latest = h.and_then(|h| h.0.clone());
             let t = latest.as_ref().and_then(|r| r.totals).unwrap_or_default();
-            (latest, h.map(|h| h.received_ms), t)
+            (latest, h.map(|h| h.1), t)
         };
         let mut out = Vec::new();
         let subs = lock(&shared.feeds.subscriptions).clone();
@@ -712,7 +669,10 @@ impl Service {
         for (id, source) in wanted {
             out.push(SourceCheck {
                 region_code: source.region_code.clone(),
-                report_id: MessageId::from_slice(&id).map_or_else(|_| hex(&id), |i| i.to_string()),
+                report_id: MessageId::from_slice(&id).map_or_else(
+                    |len| format!("({len} bytes: not a message id)"),
+                    |i| i.to_string(),
+                ),
                 problems: vec!["no envelope with this report id in this node's inbox".to_owned()],
             });
         }

@@ -253,6 +253,16 @@ pub(super) struct Requested {
     state: String,
 }
 
+fn requested(id: sitrep_core::MessageId, state: &str) -> (StatusCode, Json<Requested>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(Requested {
+            request_id: id.to_string(),
+            state: state.to_owned(),
+        }),
+    )
+}
+
 /// Sends a signed SUBSCRIBE for the feed to its aggregator. The answer is
 /// the feed's first update, or a refusal with its reason (`GET /v1/feeds`).
 #[utoipa::path(post, path = "/v1/feeds/{name}/subscribe", tag = "feeds",
@@ -296,13 +306,7 @@ pub(super) async fn subscribe(
         .subscribe(&name, aggregator, channel, body.regions, false)
         .await
         .map_err(super::submit::submit_error)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Requested {
-            request_id: id.to_string(),
-            state: "pending".into(),
-        }),
-    ))
+    Ok(requested(id, "pending"))
 }
 
 /// Sends a signed UNSUBSCRIBE for a feed this node subscribed to.
@@ -330,13 +334,7 @@ pub(super) async fn unsubscribe(
         .subscribe(&name, Some(aggregator), channel, Vec::new(), true)
         .await
         .map_err(super::submit::submit_error)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Requested {
-            request_id: id.to_string(),
-            state: "ended".into(),
-        }),
-    ))
+    Ok(requested(id, "ended"))
 }
 
 /// One source, checked.
