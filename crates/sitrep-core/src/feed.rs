@@ -566,6 +566,16 @@ mod tests {
         }
     }
 
+    /// A region's first report (number 1, INITIAL) received at `NOW`.
+    fn first(region: &str, icu_free: u32, class: Class, mode: Mode) -> Input {
+        input(
+            report(region, 1, pb::ReportVersion::Initial, icu_free),
+            class,
+            mode,
+            NOW,
+        )
+    }
+
     fn input(report: pb::SituationReport, class: Class, mode: Mode, received_ms: i64) -> Input {
         let channel = if class.is_security_classified() {
             Channel::Secure
@@ -617,12 +627,7 @@ mod tests {
     #[test]
     fn every_roster_region_has_a_row_and_the_figures_are_the_reports() {
         let mut l = Latest::default();
-        l.offer(input(
-            report("03", 1, pb::ReportVersion::Initial, 5),
-            Class::Sensitive,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("03", 5, Class::Sensitive, Mode::Actual));
         let r = rollup(
             &feed(Channel::Open, Class::Sensitive),
             &l,
@@ -677,12 +682,7 @@ mod tests {
     #[test]
     fn stale_and_overdue_flip_at_their_times() {
         let mut l = Latest::default();
-        l.offer(input(
-            report("03", 1, pb::ReportVersion::Initial, 5),
-            Class::Open,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("03", 5, Class::Open, Mode::Actual));
         let f = feed(Channel::Open, Class::Sensitive);
         let at = |t| {
             let r = rollup(&f, &l, &regions(), "hub", t, 1);
@@ -714,12 +714,7 @@ mod tests {
     #[test]
     fn next_flip_is_the_first_moment_a_flag_changes_and_only_a_change_is_new_content() {
         let mut l = Latest::default();
-        l.offer(input(
-            report("03", 1, pb::ReportVersion::Initial, 5),
-            Class::Open,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("03", 5, Class::Open, Mode::Actual));
         let f = feed(Channel::Open, Class::Sensitive);
         let fresh = rollup(&f, &l, &regions(), "hub", NOW, 1);
         assert_eq!(next_flip(&f, &fresh), Some(NOW + 4 * HOUR + 1), "overdue first");
@@ -768,18 +763,8 @@ mod tests {
     #[test]
     fn modes_never_mix() {
         let mut l = Latest::default();
-        l.offer(input(
-            report("03", 1, pb::ReportVersion::Initial, 5),
-            Class::Open,
-            Mode::Exercise,
-            NOW,
-        ));
-        l.offer(input(
-            report("01", 1, pb::ReportVersion::Initial, 9),
-            Class::Open,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("03", 5, Class::Open, Mode::Exercise));
+        l.offer(first("01", 9, Class::Open, Mode::Actual));
         let actual = rollup(
             &feed(Channel::Open, Class::Sensitive),
             &l,
@@ -816,12 +801,7 @@ mod tests {
     fn an_open_feed_says_nothing_of_classified_inputs_and_a_secure_feed_withholds_them() {
         let mut l = Latest::default();
         // Uppsala: an open report 1, then a classified report 2 on the secure channel.
-        l.offer(input(
-            report("03", 1, pb::ReportVersion::Initial, 5),
-            Class::Sensitive,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("03", 5, Class::Sensitive, Mode::Actual));
         let mut secret = input(
             report("03", 2, pb::ReportVersion::Initial, 1),
             Class::Secret,
@@ -831,12 +811,7 @@ mod tests {
         secret.label.caveats = vec!["SE-ONLY".into()];
         let secret_id = secret.id;
         l.offer(secret);
-        l.offer(input(
-            report("01", 1, pb::ReportVersion::Initial, 9),
-            Class::Open,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("01", 9, Class::Open, Mode::Actual));
 
         let open = rollup(
             &feed(Channel::Open, Class::Sensitive),
@@ -909,18 +884,8 @@ mod tests {
     #[test]
     fn a_region_filter_keeps_its_rows_and_sources_only() {
         let mut l = Latest::default();
-        l.offer(input(
-            report("03", 1, pb::ReportVersion::Initial, 5),
-            Class::Open,
-            Mode::Actual,
-            NOW,
-        ));
-        l.offer(input(
-            report("01", 1, pb::ReportVersion::Initial, 9),
-            Class::Open,
-            Mode::Actual,
-            NOW,
-        ));
+        l.offer(first("03", 5, Class::Open, Mode::Actual));
+        l.offer(first("01", 9, Class::Open, Mode::Actual));
         let mut f = feed(Channel::Open, Class::Sensitive);
         f.regions = vec!["03".into(), "09".into()];
         let r = rollup(&f, &l, &regions(), "hub", NOW, 1);
@@ -949,12 +914,7 @@ mod tests {
     #[test]
     fn the_order_reports_arrive_in_does_not_change_the_rollup() {
         let inputs = [
-            input(
-                report("03", 1, pb::ReportVersion::Initial, 5),
-                Class::Sensitive,
-                Mode::Actual,
-                NOW,
-            ),
+            first("03", 5, Class::Sensitive, Mode::Actual),
             input(
                 report("03", 1, pb::ReportVersion::Final, 6),
                 Class::Sensitive,
