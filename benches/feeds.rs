@@ -110,14 +110,12 @@ fn follow(url: String, token: String) -> mpsc::UnboundedReceiver<(Instant, u64)>
 async fn latency(rate: u32, secs: u32) -> anyhow::Result<()> {
     let mut net = TestNet::prepare(&line());
     net.override_config(HUB, |c| {
-        c.feeds = vec![FeedSpec {
-            name: "national-open".into(),
-            channel: Channel::Open,
-            mode: Mode::Exercise,
-            max_class: Class::Sensitive,
-            stale_after_ms: 6 * 3_600_000,
-            regions: Vec::new(),
-        }];
+        c.feeds = vec![FeedSpec::national(
+            "national-open",
+            Channel::Open,
+            Mode::Exercise,
+            Class::Sensitive,
+        )];
     });
     for id in [AUTHORITY, HUB, "region-uppsala"] {
         net.start_node(id).await;
@@ -228,14 +226,7 @@ fn report(code: &str, number: u32, now: i64) -> Input {
 /// Offer + build per report, by regions; one subscriber's filter.
 fn cost(rounds: u32) {
     let now = sitrep_node::clock::now_ms();
-    let spec = FeedSpec {
-        name: "national-open".into(),
-        channel: Channel::Open,
-        mode: Mode::Actual,
-        max_class: Class::Sensitive,
-        stale_after_ms: 6 * 3_600_000,
-        regions: Vec::new(),
-    };
+    let spec = FeedSpec::national("national-open", Channel::Open, Mode::Actual, Class::Sensitive);
     for regions in [21usize, 210, 2100] {
         let all: Vec<Region> = (0..regions)
             .map(|i| Region {

@@ -14,20 +14,11 @@ use sitrep_testkit::{NodeSpec, TestNet, line, wait_until};
 use tokio::sync::mpsc;
 
 const LONG: Duration = Duration::from_secs(60);
-const HOUR: i64 = 3_600_000;
 
 fn feeds() -> Vec<FeedSpec> {
-    let spec = |name: &str, channel, max_class| FeedSpec {
-        name: name.into(),
-        channel,
-        mode: Mode::Exercise,
-        max_class,
-        stale_after_ms: 6 * HOUR,
-        regions: Vec::new(),
-    };
     vec![
-        spec("national-open", Channel::Open, Class::Sensitive),
-        spec("national-secure", Channel::Secure, Class::Secret),
+        FeedSpec::national("national-open", Channel::Open, Mode::Exercise, Class::Sensitive),
+        FeedSpec::national("national-secure", Channel::Secure, Mode::Exercise, Class::Secret),
     ]
 }
 
@@ -382,6 +373,14 @@ async fn listed_when(net: &TestNet, who: &str, feed: &str, pred: impl Fn(&Value)
     }
 }
 
+/// The listed feed `f` gives a reason containing `want`.
+fn assert_reason(f: &Value, want: &str) {
+    assert!(
+        f["reason"].as_str().is_some_and(|r| r.contains(want)),
+        "reason should say {want:?}: {f}"
+    );
+}
+
 fn inbox_types(net: &TestNet, who: &str) -> Vec<ContentType> {
     let node = net.node(who);
     Channel::ALL
@@ -561,31 +560,18 @@ async fn a_subscriber_without_the_role_or_the_clearance_is_refused_with_the_reas
         f["state"] == "refused"
     })
     .await;
-    assert!(
-        f["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("subscriber role")),
-        "{f}"
-    );
+    assert_reason(&f, "subscriber role");
     // Cleared RESTRICTED: not for a feed that takes SECRET.
     subscribe(&net, "msb", "national-secure", "secure").await;
     let f = listed_when(&net, "msb", "national-secure", |f| f["state"] == "refused").await;
-    assert!(
-        f["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("cleared for RESTRICTED")),
-        "{f}"
-    );
+    assert_reason(&f, "cleared for RESTRICTED");
     // Asked on the open channel, the secure feed does not exist.
     subscribe(&net, "msb", "national-secure", "open").await;
     let f = listed_when(&net, "msb", "national-secure", |f| {
         f["state"] == "refused" && f["channel"] == "open"
     })
     .await;
-    assert!(
-        f["reason"].as_str().is_some_and(|r| r.contains("no feed named")),
-        "{f}"
-    );
+    assert_reason(&f, "no feed named");
     // They got nothing of the feeds.
     for who in ["lansstyrelsen-uppsala", "msb"] {
         let types = inbox_types(&net, who);
@@ -615,12 +601,7 @@ async fn a_subscriber_without_the_role_or_the_clearance_is_refused_with_the_reas
         f["state"] == "ended"
     })
     .await;
-    assert!(
-        f["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("cleared for RESTRICTED")),
-        "{f}"
-    );
+    assert_reason(&f, "cleared for RESTRICTED");
     listed_when(&net, "nspl-hub", "national-secure", |f| {
         f["subscribers"].as_array().is_some_and(Vec::is_empty)
     })
@@ -712,12 +693,8 @@ const CANARY: &str = "CANARY-7f3a-HEMLIG";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overdue_and_stale_flip_at_their_times_at_the_subscriber() {
     let fast = FeedSpec {
-        name: "national-fast".into(),
-        channel: Channel::Open,
-        mode: Mode::Exercise,
-        max_class: Class::Sensitive,
         stale_after_ms: 4_000,
-        regions: Vec::new(),
+        ..FeedSpec::national("national-fast", Channel::Open, Mode::Exercise, Class::Sensitive)
     };
     let net = start_national(vec![fast]).await;
     subscribe(&net, "socialstyrelsen", "national-fast", "open").await;

@@ -48,6 +48,21 @@ pub struct FeedSpec {
     pub regions: Vec<String>,
 }
 
+impl FeedSpec {
+    /// A feed of every region of the roster, stale after six hours.
+    #[must_use]
+    pub fn national(name: &str, channel: Channel, mode: Mode, max_class: Class) -> Self {
+        Self {
+            name: name.to_owned(),
+            channel,
+            mode,
+            max_class,
+            stale_after_ms: 6 * 3_600_000,
+            regions: Vec::new(),
+        }
+    }
+}
+
 /// The highest class the open channel carries: what an open feed may say.
 pub const OPEN_LIMIT: Class = Class::Sensitive;
 

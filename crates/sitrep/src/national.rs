@@ -312,17 +312,9 @@ fn report(p: &Profile, name: &str, now: i64) -> anyhow::Result<pb::SituationRepo
 
 /// The hub's feeds.
 fn feeds() -> Vec<FeedSpec> {
-    let spec = |name: &str, channel, max_class| FeedSpec {
-        name: name.into(),
-        channel,
-        mode: Mode::Actual,
-        max_class,
-        stale_after_ms: 6 * HOUR,
-        regions: vec![],
-    };
     vec![
-        spec(OPEN_FEED, Channel::Open, Class::Sensitive),
-        spec(SECURE_FEED, Channel::Secure, Class::Secret),
+        FeedSpec::national(OPEN_FEED, Channel::Open, Mode::Actual, Class::Sensitive),
+        FeedSpec::national(SECURE_FEED, Channel::Secure, Mode::Actual, Class::Secret),
     ]
 }
 

@@ -33,14 +33,12 @@ fn text(o: &Output) -> String {
 async fn subscribe_list_show_verify_and_unsubscribe_through_the_cli() {
     let mut net = TestNet::prepare(&line());
     net.override_config("nspl-hub", |c| {
-        c.feeds = vec![FeedSpec {
-            name: "national-open".into(),
-            channel: Channel::Open,
-            mode: Mode::Exercise,
-            max_class: Class::Sensitive,
-            stale_after_ms: 6 * 3_600_000,
-            regions: Vec::new(),
-        }];
+        c.feeds = vec![FeedSpec::national(
+            "national-open",
+            Channel::Open,
+            Mode::Exercise,
+            Class::Sensitive,
+        )];
     });
     for id in ["region-uppsala", "nspl-hub", "socialstyrelsen"] {
         net.start_node(id).await;
