@@ -110,6 +110,9 @@ struct RawApi {
     listen: String,
     #[serde(default)]
     tokens: BTreeMap<String, String>,
+    #[serde(default, with = "humantime_serde")]
+    session_ttl: Option<Duration>,
+    max_sessions: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +224,19 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
     /// Bearer token → role.
     pub tokens: Vec<(String, Role)>,
+    /// How long a console session lasts after sign-in (`api.session_ttl`,
+    /// default 8 h: one shift).
+    pub session_ttl: Duration,
+    /// Console sessions held at once (`api.max_sessions`, default 256);
+    /// a sign-in over the cap is refused until one ends or expires.
+    pub max_sessions: usize,
+}
+
+impl ApiConfig {
+    /// Default `api.session_ttl`.
+    pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+    /// Default `api.max_sessions`.
+    pub const DEFAULT_MAX_SESSIONS: usize = 256;
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -228,6 +244,8 @@ impl std::fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("listen", &self.listen)
             .field("roles", &self.tokens.iter().map(|(_, r)| r).collect::<Vec<_>>())
+            .field("session_ttl", &self.session_ttl)
+            .field("max_sessions", &self.max_sessions)
             .finish_non_exhaustive()
     }
 }
@@ -454,7 +472,25 @@ impl Config {
                     }
                     tokens.push((token.clone(), role));
                 }
-                Some(ApiConfig { listen, tokens })
+                let session_ttl = match a.session_ttl {
+                    Some(t) if t.is_zero() || t > Duration::from_secs(7 * 86_400) => {
+                        return Err(err(
+                            "api.session_ttl",
+                            "must be more than zero and at most 7 days",
+                        ));
+                    }
+                    t => t.unwrap_or(ApiConfig::DEFAULT_SESSION_TTL),
+                };
+                let max_sessions = match a.max_sessions {
+                    Some(0) => return Err(err("api.max_sessions", "must be at least 1")),
+                    m => m.unwrap_or(ApiConfig::DEFAULT_MAX_SESSIONS),
+                };
+                Some(ApiConfig {
+                    listen,
+                    tokens,
+                    session_ttl,
+                    max_sessions,
+                })
             }
         };
         let d = Limits::default();

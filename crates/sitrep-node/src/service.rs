@@ -14,7 +14,9 @@ use prost::Message as _;
 use sitrep_core::envelope::{self, Draft, HeaderInfo, MAX_LIFETIME_MS};
 use sitrep_core::policy::Party;
 use sitrep_core::report;
-use sitrep_core::{Channel, ContentType, Label, MessageId, Mode, NodeId, PolicyError, Precedence, Roster};
+use sitrep_core::{
+    Channel, Class, ContentType, Label, MessageId, Mode, NodeId, PolicyError, Precedence, Roster,
+};
 use sitrep_proto::v1 as pb;
 use sitrep_store::{Copy, DeliveryRecord, HopStats, Ingest, Op, Storage, StoreError};
 
@@ -23,6 +25,10 @@ use crate::error::{RosterUpdateError, SubmitError};
 use crate::event::NodeEvent;
 use crate::metrics::{Counters, Event};
 use crate::shared::{Shared, lock};
+
+/// The file beside a channel's store that keeps the last report submitted
+/// through the API.
+const LAST_REPORT: &str = "last-report.json";
 
 /// What to send.
 // A submission is built once per report and moved, never stored in bulk:
@@ -405,6 +411,14 @@ impl Service {
         }
     }
 
+    /// Every roll-up of feed `name` held here (the last 256), oldest first.
+    pub(crate) fn feed_history(&self, name: &str) -> Vec<Arc<sitrep_proto::v1::NationalRollup>> {
+        lock(&self.0.feeds.held)
+            .get(name)
+            .map(|h| h.history.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Changes whenever a held roll-up changes.
     pub(crate) fn feed_updates(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.feeds.updates.subscribe()
@@ -688,6 +702,68 @@ impl Service {
         }
         out.sort_by(|a, b| a.region_code.cmp(&b.region_code));
         Ok(out)
+    }
+
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> &NodeId {
+        &self.0.id
+    }
+
+    /// What a report submitted here may carry: each class this node may
+    /// send (its channel runs here and its clearance allows it), with the
+    /// roster's nodes that policy and routing accept as recipients of it.
+    /// The same checks as [`Service::submit`], per recipient.
+    pub(crate) fn report_options(&self) -> Vec<(Class, Vec<NodeId>)> {
+        let s = &*self.0;
+        let roster = s.roster.get();
+        let allowed = |class: Class, channel: Channel, to: &NodeId| {
+            s.check_label(&roster, class, channel, &[(Party::Recipient, to)])
+                .is_ok()
+                && s.routes
+                    .plan(&s.id, channel, std::slice::from_ref(to))
+                    .is_ok_and(|plan| {
+                        let hops: Vec<(Party, &NodeId)> =
+                            plan.copies.keys().map(|h| (Party::NextHop, h)).collect();
+                        s.check_label(&roster, class, channel, &hops).is_ok()
+                    })
+        };
+        Class::ALL
+            .into_iter()
+            .filter_map(|class| {
+                let channel = Channel::for_class(class);
+                s.check_label(&roster, class, channel, &[]).ok()?;
+                let to = roster
+                    .nodes()
+                    .filter(|n| n.id != s.id && allowed(class, channel, &n.id))
+                    .map(|n| n.id.clone())
+                    .collect();
+                Some((class, to))
+            })
+            .collect()
+    }
+
+    /// Keeps `doc` (the body of the last report submitted through the API)
+    /// beside the store of the channel it went on, for "copy from my last
+    /// report"; written like the feed state files (0600, synced, renamed).
+    pub(crate) fn remember_report(&self, class: Class, doc: &serde_json::Value) -> Result<(), String> {
+        let channel = Channel::for_class(class);
+        let rt = self.0.channels.get(&channel).ok_or("no such channel here")?;
+        crate::feedstate::save(&rt.dir.join(LAST_REPORT), doc)
+    }
+
+    /// The last report submitted through the API on any channel: the one
+    /// with the latest `submitted_ms`.
+    pub(crate) fn last_report(&self) -> Option<serde_json::Value> {
+        self.0
+            .channels
+            .values()
+            .filter_map(|rt| {
+                crate::feedstate::load::<Option<serde_json::Value>>(&rt.dir.join(LAST_REPORT))
+                    .map_err(|e| tracing::warn!(error = %e, "the last report kept here does not read"))
+                    .ok()
+                    .flatten()
+            })
+            .max_by_key(|d| d["submitted_ms"].as_i64().unwrap_or(0))
     }
 
     /// Outbox statistics per channel.

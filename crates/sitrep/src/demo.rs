@@ -248,6 +248,23 @@ pub(crate) fn forward_changes(
     rx
 }
 
+/// Where the web console of each given node is and the token to sign in
+/// with: one line per view.
+pub(crate) fn print_console(
+    nodes: &BTreeMap<String, Node>,
+    pki: &Path,
+    views: &[(&str, &str, sitrep_node::config::Role)],
+) {
+    println!("\nrunning. Web console: open the URL in a browser and sign in with the token.");
+    for (what, id, role) in views {
+        println!(
+            "  {what:<28} {}/  token {}",
+            api_url(nodes, id),
+            token(pki, id, *role)
+        );
+    }
+}
+
 /// The development API token of node `id` for `role`, from its `node.toml`
 /// (a throw-away PKI: printed so that a walk-through can be pasted); empty
 /// if there is none.
@@ -372,7 +389,24 @@ async fn run_network(topology: &Topology, pki: &Path, once: bool) -> anyhow::Res
     if !once && result.is_ok() {
         let token = |id: &str, role| token(pki, id, role);
         let api = |id: &str| api_url(&nodes, id);
-        println!("\nrunning. In another terminal (development tokens of this run):");
+        print_console(
+            &nodes,
+            pki,
+            &[
+                (
+                    "region staff (reporter)",
+                    "region-uppsala",
+                    sitrep_node::config::Role::Reporter,
+                ),
+                (
+                    "national authority (reader)",
+                    "socialstyrelsen",
+                    sitrep_node::config::Role::Reader,
+                ),
+                ("operator", "nspl-hub", sitrep_node::config::Role::Operator),
+            ],
+        );
+        println!("\nIn another terminal (development tokens of this run):");
         println!(
             "  sitrep report submit deploy/examples/uppsala-icu-report.json --wait --api {} --token {}",
             api("region-uppsala"),

@@ -370,7 +370,16 @@ fn print_walkthrough(nodes: &BTreeMap<String, Node>, pki: &Path) {
     let msb = demo::api_url(nodes, MSB);
     let msb_token = demo::token(pki, MSB, Role::Reader);
     let curl = |token: &str| format!("curl -H \"Authorization: Bearer {token}\"");
-    println!("\nrunning. In another terminal (development tokens of this run):");
+    demo::print_console(
+        nodes,
+        pki,
+        &[
+            ("national picture (reader)", SOCIALSTYRELSEN, Role::Reader),
+            ("MSB (reader)", MSB, Role::Reader),
+            ("hub operator", HUB, Role::Operator),
+        ],
+    );
+    println!("\nIn another terminal (development tokens of this run):");
     println!("  # Socialstyrelsen: the open and the secure roll-up, and the live updates");
     println!("  {} {ss}/v1/feeds/{OPEN_FEED}", curl(&ss_token));
     println!("  {} {ss}/v1/feeds/{SECURE_FEED}", curl(&ss_token));

@@ -9,11 +9,20 @@
 //! Not here: what the operations do (`service`); this layer parses, checks
 //! the token, calls the service and shapes the answer.
 
+mod console;
 // utoipa's `path` macro spells the types it is given as qualified paths.
 #[allow(unused_qualifications)]
 mod feeds;
 #[allow(unused_qualifications)]
+mod history;
+#[allow(unused_qualifications)]
 mod query;
+#[allow(unused_qualifications)]
+mod region;
+#[allow(unused_qualifications)]
+mod reporting;
+#[allow(unused_qualifications)]
+mod session;
 #[allow(unused_qualifications)]
 mod status;
 #[allow(unused_qualifications)]
@@ -51,6 +60,10 @@ struct ApiState {
     openapi: axum::body::Bytes,
     /// Ends the event streams when the node stops.
     cancel: CancellationToken,
+    /// Console sessions.
+    sessions: Arc<session::Sessions>,
+    /// The last hour of counters.
+    history: history::History,
 }
 
 #[derive(OpenApi)]
@@ -66,6 +79,7 @@ struct ApiState {
         (name = "inbox", description = "Reports delivered to this node (reader)"),
         (name = "feeds", description = "National feeds: roll-ups, live events, subscriptions, verification (reader)"),
         (name = "operations", description = "Status, metrics, health (operator)"),
+        (name = "console", description = "Console sessions: a token exchanged for a cookie"),
     )
 )]
 struct ApiDoc;
@@ -84,19 +98,24 @@ impl Modify for BearerAuth {
 fn router() -> (axum::Router<ApiState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(submit::submit_report))
+        .routes(routes!(reporting::options))
+        .routes(routes!(reporting::last))
         .routes(routes!(query::report_status))
         .routes(routes!(query::inbox))
         .routes(routes!(feeds::list))
         .routes(routes!(feeds::show))
         .routes(routes!(feeds::events))
+        .routes(routes!(region::region))
         .routes(routes!(feeds::subscribe))
         .routes(routes!(feeds::unsubscribe))
         .routes(routes!(feeds::verify))
         .routes(routes!(status::status))
+        .routes(routes!(history::history))
         .routes(routes!(status::metrics))
         .routes(routes!(status::healthz))
         .routes(routes!(status::readyz))
         .routes(routes!(openapi_json))
+        .routes(routes!(session::sign_in, session::current, session::sign_out))
         .split_for_parts()
 }
 
@@ -116,6 +135,8 @@ pub(crate) async fn serve(
     let openapi = serde_json::to_vec(&doc)
         .map_err(|e| NodeError::Task(format!("HTTP API: cannot serialize the OpenAPI document: {e}")))?;
     let state = ApiState {
+        history: history::start(service.clone(), cancel.clone()),
+        sessions: session::Sessions::new(api.session_ttl, api.max_sessions),
         service,
         openapi: openapi.into(),
         cancel: cancel.clone(),
@@ -126,7 +147,15 @@ pub(crate) async fn serve(
                 .collect(),
         ),
     };
-    let app = app.layer(DefaultBodyLimit::max(MAX_BODY)).with_state(state);
+    let app = app
+        .route("/", axum::routing::get(console::index))
+        .route("/console/{file}", axum::routing::get(console::asset))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::guard,
+        ))
+        .with_state(state);
     tracing::info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
@@ -215,8 +244,26 @@ fn field(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
     }
 }
 
+/// The caller may act as `role`: by a bearer token of that role, or by a
+/// console session signed in with one (the guard has checked a session's
+/// state changes for CSRF already).
 fn authorize(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
     let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
+    let wrong_role = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("this token's role may not do this; it needs the {role:?} role"),
+        )
+    };
+    if !headers.contains_key(header::AUTHORIZATION)
+        && let Some(id) = session::cookie(headers)
+    {
+        return match state.sessions.lookup(id, crate::clock::now_ms()) {
+            session::Lookup::Valid(s) if s.role == role => Ok(()),
+            session::Lookup::Valid(_) => Err(wrong_role()),
+            l => Err(session::not_signed_in(&l)),
+        };
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -226,10 +273,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<(), Ap
     match state.tokens.iter().find(|(d, _)| *d == digest) {
         None => Err(unauthorized()),
         Some((_, r)) if *r == role => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("this token's role may not do this; it needs the {role:?} role"),
-        )),
+        Some(_) => Err(wrong_role()),
     }
 }
 

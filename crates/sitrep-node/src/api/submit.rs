@@ -305,11 +305,11 @@ impl SubmitBody {
 pub(super) async fn submit_report(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Bytes,
+    raw: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::Reporter)?;
     let body: SubmitBody = {
-        let mut de = serde_json::Deserializer::from_slice(&body);
+        let mut de = serde_json::Deserializer::from_slice(&raw);
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let at = e.path().to_string();
             let at = if at == "." { "body".to_owned() } else { at };
@@ -323,9 +323,28 @@ pub(super) async fn submit_report(
         })?
     };
     let sub = body.into_submission().map_err(ApiError::fields)?;
+    let class = sub.label.class;
     match state.service.submit(sub).await {
-        Ok(id) => Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_string() })).into_response()),
+        Ok(id) => {
+            remember(&state, class, &raw, &id.to_string()).await;
+            Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_string() })).into_response())
+        }
         Err(e) => Err(submit_error(e)),
+    }
+}
+
+/// Keeps the body just accepted for "copy from my last report"; a failure
+/// to keep it is logged, the submission stands.
+async fn remember(state: &ApiState, class: sitrep_core::Class, raw: &Bytes, id: &str) {
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(raw) else {
+        return;
+    };
+    doc["id"] = id.into();
+    doc["submitted_ms"] = crate::clock::now_ms().into();
+    let service = state.service.clone();
+    let kept = tokio::task::spawn_blocking(move || service.remember_report(class, &doc)).await;
+    if let Ok(Err(e)) | Err(e) = kept.map_err(|e| e.to_string()) {
+        tracing::warn!(error = %e, "the last report could not be kept for the console");
     }
 }
 
