@@ -12,12 +12,14 @@
 
 use std::future::Future;
 use std::io::{Read as _, Write as _};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use futures_util::FutureExt as _;
 use serde_json::{Value, json};
 use sitrep_core::feed::FeedSpec;
 use sitrep_core::{Channel, Class, Label, Mode, NodeId, Precedence};
@@ -85,8 +87,16 @@ fn main() {
                     .tempdir()
                     .expect("temp dir")
                     .keep();
-                let browser = Browser::start(name, &driver, &chromium, &dir).await;
-                test(browser).await;
+                let (browser, mut driver) = Browser::start(name, &driver, &chromium, &dir).await;
+                let client = browser.client.clone();
+                // Whatever the test does, the browser and its driver end with it.
+                let result = AssertUnwindSafe(test(browser)).catch_unwind().await;
+                let _ = client.close().await;
+                let _ = driver.kill();
+                let _ = driver.wait();
+                if let Err(panic) = result {
+                    std::panic::resume_unwind(panic);
+                }
             });
         });
         match outcome {
@@ -115,21 +125,20 @@ fn find(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// One headless Chromium through its chromedriver.
+/// One headless Chromium through its chromedriver (which `main` ends).
 struct Browser {
     client: Client,
-    driver: Child,
     test: &'static str,
     dir: PathBuf,
 }
 
 impl Browser {
-    async fn start(test: &'static str, driver: &Path, chromium: &Path, dir: &Path) -> Self {
+    async fn start(test: &'static str, driver: &Path, chromium: &Path, dir: &Path) -> (Self, Child) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let driver = Command::new(driver)
+        let mut driver = Command::new(driver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -162,15 +171,19 @@ impl Browser {
                     let _ = e;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => panic!("no WebDriver session from chromedriver: {e}"),
+                Err(e) => {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    panic!("no WebDriver session from chromedriver: {e}");
+                }
             }
         };
-        Self {
+        let browser = Self {
             client,
-            driver,
             test,
             dir: dir.to_owned(),
-        }
+        };
+        (browser, driver)
     }
 
     async fn goto(&self, url: &str) {
@@ -254,12 +267,6 @@ impl Browser {
             let _ = std::fs::write(Path::new(&docs).join(format!("{name}.png")), &png);
         }
         path
-    }
-
-    async fn close(mut self) {
-        let _ = self.client.close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
@@ -420,7 +427,6 @@ async fn reporter(b: Browser) {
         (n == "2" && v == "3").then_some(())
     })
     .await;
-    b.close().await;
     net.shutdown().await;
 }
 
@@ -583,7 +589,6 @@ async fn reader(b: Browser) {
     b.wait_text("#history-title", "Uppsala's history", |t| t.contains("historik"))
         .await;
     b.shot("reader-history").await;
-    b.close().await;
     net.shutdown().await;
 }
 
@@ -613,7 +618,6 @@ async fn operator(b: Browser) {
     b.wait_attr(row, "data-connected", "the hub back", |c| c == "true")
         .await;
     b.shot("operator-back").await;
-    b.close().await;
     net.shutdown().await;
 }
 
@@ -693,7 +697,6 @@ async fn refusals(b: Browser) {
     .expect("call");
     assert_eq!(status, 401, "{answer}");
     assert!(answer.contains("the session has expired"), "{answer}");
-    b.close().await;
     net.shutdown().await;
 }
 
@@ -769,6 +772,5 @@ async fn cross_site(b: Browser) {
         "{status}"
     );
     assert_eq!(counter(&net, "nspl-hub", "accepted").await, 0);
-    b.close().await;
     net.shutdown().await;
 }

@@ -7,19 +7,20 @@ import { api, h, fill, when, short, zoneAbbr, marking, LEVELS, STATUS } from "./
 
 const LEVEL_RANK = { NORMAL: 0, STAFF_ALERT: 2, REINFORCED: 3, DISASTER: 4 };
 const STATUS_RANK = { ADEQUATE: 0, STRAINED: 2, CRITICAL: 4 };
+const STATUS_LEGEND = ["Tillräcklig", null, "Ansträngd", null, "Kritisk"];
 
-/** Figures the map can be coloured by: name, and a row → 0..4 (or null: no data). */
+/** Figures the map can be coloured by: name, a row → 0..4 (or null: no data), and the legend. */
 const FIGURES = {
   icu: ["IVA ledigt ‰ (ICU free)", (r) => {
     const p = Number(r.icu_free_permille || 0);
     return p >= 200 ? 0 : p >= 150 ? 1 : p >= 100 ? 2 : p >= 50 ? 3 : 4;
-  }],
-  level: ["Beredskapsläge (preparedness)", (r) => LEVEL_RANK[r.preparedness_level] ?? null],
-  transports: ["Transporter (transports)", (r) => STATUS_RANK[r.transports_status] ?? null],
-  planned: ["Planerad vård (planned care)", (r) => STATUS_RANK[r.planned_care_status] ?? null],
-  staffing: ["Personal (staffing)", (r) => STATUS_RANK[r.staffing_status] ?? null],
+  }, ["≥ 200 ‰", "150–199 ‰", "100–149 ‰", "50–99 ‰", "< 50 ‰"]],
+  level: ["Beredskapsläge (preparedness)", (r) => LEVEL_RANK[r.preparedness_level] ?? null,
+    ["Normalläge", null, "Stabsläge", "Förstärkningsläge", "Katastrofläge"]],
+  transports: ["Transporter (transports)", (r) => STATUS_RANK[r.transports_status] ?? null, STATUS_LEGEND],
+  planned: ["Planerad vård (planned care)", (r) => STATUS_RANK[r.planned_care_status] ?? null, STATUS_LEGEND],
+  staffing: ["Personal (staffing)", (r) => STATUS_RANK[r.staffing_status] ?? null, STATUS_LEGEND],
 };
-const LEGEND = ["God", "", "Ansträngd", "", "Kritisk"];
 
 const n = (v) => Number(v || 0);
 const permille = (v) => `${n(v)} ‰`;
@@ -51,10 +52,14 @@ export function showNational(root) {
         "Planerad vård (uppskjutna)", `Senaste rapport / nästa (${zoneAbbr()})`, "Läge"].map((t, i) => h("th", { scope: "col", class: `c${i}` }, t)))),
     tbody, tfoot);
   const mapBox = h("figure", { id: "map", class: "map" }, h("figcaption", {}, "Karta"));
-  const legend = h("ol", { class: "legend", "aria-label": "Teckenförklaring" },
-    LEGEND.map((t, i) => h("li", {}, h("span", { class: `swatch fill-${i}` }), t || " ")),
-    h("li", {}, h("span", { class: "swatch fill-none" }), "Ingen uppgift"),
-    h("li", {}, h("span", { class: "swatch fill-overdue" }), "Försenad"));
+  const legend = h("ol", { id: "map-legend", class: "legend", "aria-label": "Teckenförklaring" });
+  function paintLegend() {
+    fill(legend,
+      FIGURES[figure][2].map((t, i) => (t ? h("li", {}, h("span", { class: `swatch fill-${i}` }), t) : null)),
+      h("li", {}, h("span", { class: "swatch fill-none" }), "Ingen uppgift"),
+      h("li", {}, h("span", { class: "swatch fill-overdue" }), "Försenad"));
+  }
+  paintLegend();
   const history = h("section", { id: "region-history", class: "panel", "aria-live": "polite" });
   const inbox = h("section", { id: "inbox", class: "panel" });
 
@@ -68,7 +73,7 @@ export function showNational(root) {
     history, inbox);
 
   picker.addEventListener("change", () => follow(picker.value));
-  figureSel.addEventListener("change", () => { figure = figureSel.value; paintMap(); });
+  figureSel.addEventListener("change", () => { figure = figureSel.value; paintLegend(); paintMap(); });
 
   async function loadMap() {
     const resp = await fetch("/console/sweden.svg", { credentials: "same-origin" });
@@ -96,7 +101,7 @@ export function showNational(root) {
       p.setAttribute("class", `region ${cls}${r && r.overdue ? " overdue" : ""}`);
       p.setAttribute("data-fill", cls);
       const title = p.querySelector("title");
-      if (title && r) title.textContent = `${r.region_name || p.dataset.code}: ${FIGURES[figure][0]} ${v === null ? "–" : LEGEND[v] || v}${r.overdue ? " – FÖRSENAD" : ""}`;
+      if (title && r) title.textContent = `${r.region_name || p.dataset.code}: ${FIGURES[figure][0]} ${v === null || v === undefined ? "–" : FIGURES[figure][2][v] || v}${r.overdue ? " – FÖRSENAD" : ""}`;
     }
   }
 
@@ -159,11 +164,13 @@ export function showNational(root) {
       fill(history, h("h2", {}, `Region ${code}`), h("p", {}, e.message));
       return;
     }
-    const entries = [...hist.entries].reverse();
-    const points = hist.entries.filter((e) => !e.row.never_reported).map((e) => n(e.row.icu_free_permille));
+    const reported = hist.entries.filter((e) => !e.row.never_reported);
+    const entries = [...reported].reverse();
+    const points = reported.map((e) => n(e.row.icu_free_permille));
     fill(history,
       h("h2", { id: "history-title", tabindex: "-1" }, `${hist.region_name || code}: historik `, h("span", { class: "en" }, "history")),
-      spark(points, "IVA ledigt ‰ över tid"),
+      points.length > 1 ? spark(points, "IVA ledigt ‰ över tid") : null,
+      entries.length ? null : h("p", {}, "Ingen rapport från regionen i de roll-ups som finns här."),
       h("table", { class: "grid" },
         h("thead", {}, h("tr", {}, ["Rapport nr", "Mottagen", "Beredskapsläge", "IVA lediga / belagda", "IVA ledigt", "Vårdplatser", "Transporter", "Läge"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, entries.map(({ row: r }) => h("tr", {},

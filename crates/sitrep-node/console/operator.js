@@ -50,7 +50,7 @@ function chart(name, title, times, values, intervalS) {
   });
   const now = rates.length ? rates[rates.length - 1] : 0;
   return h("figure", { class: "chart", id: `chart-${name}` },
-    h("svg:svg", { viewBox: `0 0 ${w} ${hgt}`, role: "img", "aria-label": `${title}: senaste timmen` },
+    h("svg:svg", { viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none", role: "img", "aria-label": `${title}: senaste timmen` },
       h("svg:title", {}, `${title}, högst ${max.toFixed(1)}/s`),
       h("svg:rect", { x: 0, y: 0, width: w, height: hgt, class: "chart-bg" }), bars),
     h("figcaption", {}, `${title}: ${now.toFixed(1)}/s nu, högst ${max.toFixed(1)}/s senaste timmen`));
@@ -75,7 +75,7 @@ export function showOperator(root) {
     h("div", { class: "ops" },
       h("section", { class: "panel wide" }, table("peers", "Grannoder (peers)", ["Nod", "Kanal", "Adress", "Ansluten", "Senast hörd", "RTT", "Senaste fel"], peers)),
       h("section", { class: "panel wide" }, table("outboxes", "Utköer per nästa hopp (outboxes)", ["Kanal", "Nästa hopp", "Djup", "Storlek", "Äldsta"], outboxes)),
-      h("section", { class: "panel" }, table("expiry", "Certifikat och rooster (expiry)", ["Vad", "Gäller till", "Kvar"], expiry)),
+      h("section", { class: "panel" }, table("expiry", "Certifikat och nodförteckning (expiry)", ["Vad", "Gäller till", "Kvar"], expiry)),
       h("section", { class: "panel" }, table("refusals", "Avvisningar per orsak (refusals)", ["Orsak", "Antal"], refusals)),
       h("section", { class: "panel" }, table("stores", "Lagring (disk use)", ["Kanal", "På disk", "Tillstånd"], stores)),
       h("section", { class: "panel wide" }, h("h2", {}, "Takt senaste timmen ", h("span", { class: "en" }, "Rates, last hour")), charts)));
@@ -105,7 +105,7 @@ export function showOperator(root) {
       h("td", { class: "num" }, o.depth), h("td", { class: "num" }, bytes(o.bytes)), h("td", { class: "num" }, age(o.oldest_age_s))))
       : h("tr", {}, h("td", { colspan: 5 }, "Inga köade meddelanden.")));
     fill(expiry,
-      h("tr", {}, h("th", { scope: "row" }, `Rooster ${s.roster.network} nr ${s.roster.serial}`), h("td", { class: "time" }, when(s.roster.not_after)), h("td", {}, days(s.roster.days_left))),
+      h("tr", {}, h("th", { scope: "row" }, `Nodförteckning (roster) ${s.roster.network} nr ${s.roster.serial}`), h("td", { class: "time" }, when(s.roster.not_after)), h("td", {}, days(s.roster.days_left))),
       s.certificates.map((c) => h("tr", {}, h("th", { scope: "row" }, `Certifikat, kanal ${c.channel}`), h("td", { class: "time" }, when(c.not_after)), h("td", {}, days(c.days_left)))));
     const reasons = Object.entries(s.refusals || {});
     fill(refusals, reasons.length ? reasons.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", { class: "num" }, v)))

@@ -67,6 +67,8 @@ export function showReport(root, session) {
   const lists = {};
   // Path in the API's errors → input, filled as the body is built.
   let paths = new Map();
+  // Facilities are not in the form; a copied report keeps its own.
+  let facilities = [];
 
   const form = h("form", { id: "report-form", novalidate: true });
   const summary = h("div", { id: "form-errors", class: "errors", role: "alert", "aria-live": "assertive" });
@@ -244,6 +246,9 @@ export function showReport(root, session) {
     }
     fill(f.class, options.classes.map((c) => h("option", { value: c.class }, `${CLASS_NAMES[c.class] || c.class} – kanal ${c.channel}`)));
     f.class.value = options.classes[0]?.class || "";
+    fill(f.precedence, options.precedences.map((p) => h("option", { value: p }, PRECEDENCES[p] || p)));
+    f.precedence.value = "ROUTINE";
+    fill(f.mode, h("option", { value: "" }, "– välj läge –"), options.modes.map((m) => h("option", { value: m }, MODES[m] || m)));
     marking({ class: f.class.value });
     f.region_code.value = options.region_code || "";
     if (options.region_code) f.region_code.readOnly = true;
@@ -303,6 +308,7 @@ export function showReport(root, session) {
         next_report_due_unix_ms: String(msOf(f.next_due)),
         preparedness_level: f.level.value || "PREPAREDNESS_LEVEL_UNSPECIFIED",
         beds: bedsOut,
+        facilities,
         supplies: listOut("supplies", (x) => ({ code: x.code.value, name: x.name.value, on_hand: intOf(x.on_hand), days_of_supply: intOf(x.days_of_supply), status: x.status.value })),
         staffing: { status: f.staffing_status.value, shortfall: intOf(f.staffing_shortfall) },
         transports: { status: f.transports_status.value, available_units: intOf(f.transports_units) },
@@ -386,7 +392,7 @@ export function showReport(root, session) {
         state.textContent = r.state;
         state.className = `state state-${r.state.toLowerCase()}`;
         at.textContent = when(r.at);
-        why.textContent = r.reason || (r.hop ? `via ${r.hop}` : "");
+        why.textContent = r.reason || (r.state === "FORWARDED" && r.hop ? `via ${r.hop}` : "");
       }
       const delivered = st.recipients.filter((r) => r.state === "DELIVERED").length;
       head.textContent = st.final
@@ -406,6 +412,7 @@ export function showReport(root, session) {
       return;
     }
     const r = last.report || {};
+    facilities = r.facilities || [];
     if (last.label) {
       f.class.value = last.label.class;
       f.caveats.value = (last.label.caveats || []).join(", ");
