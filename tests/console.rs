@@ -232,6 +232,26 @@ impl Browser {
         }
     }
 
+    /// The element's text now.
+    async fn text(&self, css: &str) -> String {
+        self.find(css)
+            .await
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+    }
+
+    /// The feed's sequence the page shows.
+    async fn sequence(&self) -> u64 {
+        self.find("#feed-info")
+            .await
+            .attr("data-sequence")
+            .await
+            .expect("attr")
+            .and_then(|s| s.parse().ok())
+            .expect("a sequence")
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await;
         el.clear().await.expect("clear");
@@ -514,27 +534,13 @@ async fn reader(b: Browser) {
         t.contains("SENSITIVE")
     })
     .await;
-    assert!(
-        b.find("#marking-bottom")
-            .await
-            .text()
-            .await
-            .expect("text")
-            .contains("SENSITIVE")
-    );
+    assert!(b.text("#marking-bottom").await.contains("SENSITIVE"));
     // A marker on the page: live updates do not reload it.
     b.client
         .execute("window.sitrepMarker = 42; return 1;", vec![])
         .await
         .expect("script");
-    let before: u64 = b
-        .find("#feed-info")
-        .await
-        .attr("data-sequence")
-        .await
-        .expect("attr")
-        .and_then(|s| s.parse().ok())
-        .expect("a sequence");
+    let before: u64 = b.sequence().await;
 
     // Gotland reports: its row and its region on the map fill in, live.
     net.node("region-gotland")
@@ -547,16 +553,9 @@ async fn reader(b: Browser) {
         f != "fill-none"
     })
     .await;
-    let after: u64 = b
-        .find("#feed-info")
-        .await
-        .attr("data-sequence")
-        .await
-        .expect("attr")
-        .and_then(|s| s.parse().ok())
-        .expect("a sequence");
+    let after: u64 = b.sequence().await;
     assert!(after > before, "{after} > {before}");
-    let totals = b.find("#totals").await.text().await.expect("text");
+    let totals = b.text("#totals").await;
     assert!(totals.contains("2/2 rapporterar"), "{totals}");
     b.shot("reader-live").await;
 
@@ -567,14 +566,7 @@ async fn reader(b: Browser) {
         c.contains("overdue")
     })
     .await;
-    assert!(
-        b.find("#row-03")
-            .await
-            .text()
-            .await
-            .expect("text")
-            .contains("OVERDUE")
-    );
+    assert!(b.text("#row-03").await.contains("OVERDUE"));
     let marker = b
         .client
         .execute("return window.sitrepMarker;", vec![])

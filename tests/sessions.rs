@@ -115,16 +115,21 @@ fn submission() -> String {
     .to_string()
 }
 
-/// Signs in with `token`; the cookie pair (`sitrep_session=…`) and the CSRF token.
-async fn sign_in(base: &str, token: &str) -> (String, String) {
-    let a = call(
+/// `POST /v1/session` with `token`, as the console sends it.
+async fn session_for(base: &str, token: &str) -> Answer {
+    call(
         base,
         "POST",
         "/v1/session",
         vec![json_type()],
         Some(json!({"token": token}).to_string()),
     )
-    .await;
+    .await
+}
+
+/// Signs in with `token`; the cookie pair (`sitrep_session=…`) and the CSRF token.
+async fn sign_in(base: &str, token: &str) -> (String, String) {
+    let a = session_for(base, token).await;
     assert_eq!(a.status, 201, "{}", a.body);
     let cookie = a.header("set-cookie").expect("a cookie").to_owned();
     let pair = cookie.split(';').next().expect("name=value").to_owned();
@@ -208,14 +213,7 @@ async fn a_session_cookie_acts_for_its_role_and_changes_nothing_without_its_csrf
     let url = base(&net, "region-uppsala");
 
     // A wrong token: refused, no cookie.
-    let wrong = call(
-        &url,
-        "POST",
-        "/v1/session",
-        vec![json_type()],
-        Some(json!({"token": "nope-nope-nope-nope"}).to_string()),
-    )
-    .await;
+    let wrong = session_for(&url, "nope-nope-nope-nope").await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert!(wrong.header("set-cookie").is_none());
     // Not JSON (what a cross-site form sends): refused.
@@ -230,14 +228,7 @@ async fn a_session_cookie_acts_for_its_role_and_changes_nothing_without_its_csrf
     assert_eq!(form.status, 400, "{}", form.body);
 
     let token = net.api_token("region-uppsala", Role::Reporter);
-    let a = call(
-        &url,
-        "POST",
-        "/v1/session",
-        vec![json_type()],
-        Some(json!({"token": token}).to_string()),
-    )
-    .await;
+    let a = session_for(&url, &token).await;
     assert_eq!(a.status, 201, "{}", a.body);
     let set = a.header("set-cookie").expect("cookie");
     for attr in [
@@ -375,14 +366,7 @@ async fn sessions_expire_and_are_capped() {
     let token = net.api_token("region-uppsala", Role::Operator);
     let (first, _) = sign_in(&url, &token).await;
     sign_in(&url, &token).await;
-    let full = call(
-        &url,
-        "POST",
-        "/v1/session",
-        vec![json_type()],
-        Some(json!({"token": token}).to_string()),
-    )
-    .await;
+    let full = session_for(&url, &token).await;
     assert_eq!(full.status, 503, "{}", full.body);
     assert!(full.body.contains("api.max_sessions"), "{}", full.body);
     // Wait for the first to expire (the node's answer is the condition).

@@ -49,7 +49,8 @@ export function showNational(root) {
     h("caption", {}, "Regionernas läge (one row per region)"),
     h("thead", {}, h("tr", {},
       ["Region", "Beredskapsläge", "IVA lediga / belagda", "IVA ledigt ‰", "Vårdplatser lediga / belagda", "Transporter (enheter)",
-        "Planerad vård (uppskjutna)", `Senaste rapport / nästa (${zoneAbbr()})`, "Läge"].map((t, i) => h("th", { scope: "col", class: `c${i}` }, t)))),
+        "Planerad vård (uppskjutna)", `Senaste rapport / nästa (${zoneAbbr()})`, "Läge"]
+        .map((t, i) => h("th", { scope: "col", class: `c${i}${i >= 2 && i <= 4 ? " num" : ""}` }, t)))),
     tbody, tfoot);
   const mapBox = h("figure", { id: "map", class: "map" }, h("figcaption", {}, "Karta"));
   const legend = h("ol", { id: "map-legend", class: "legend", "aria-label": "Teckenförklaring" });
@@ -172,10 +173,11 @@ export function showNational(root) {
       points.length > 1 ? spark(points, "IVA ledigt ‰ över tid") : null,
       entries.length ? null : h("p", {}, "Ingen rapport från regionen i de roll-ups som finns här."),
       h("table", { class: "grid" },
-        h("thead", {}, h("tr", {}, ["Rapport nr", "Mottagen", "Beredskapsläge", "IVA lediga / belagda", "IVA ledigt", "Vårdplatser", "Transporter", "Läge"].map((t) => h("th", { scope: "col" }, t)))),
+        h("thead", {}, h("tr", {}, ["Rapport nr", `Mottagen (${zoneAbbr()})`, "Beredskapsläge", "IVA lediga / belagda", "IVA ledigt", "Vårdplatser", "Transporter", "Läge"]
+          .map((t, i) => h("th", { scope: "col", class: [0, 3, 4, 5].includes(i) ? "num" : undefined }, t)))),
         h("tbody", {}, entries.map(({ row: r }) => h("tr", {},
           h("td", { class: "num" }, r.report_number || "–"),
-          h("td", { class: "time" }, when(r.last_report_unix_ms)),
+          h("td", {}, short(r.last_report_unix_ms)),
           h("td", {}, LEVELS[r.preparedness_level] || "–"),
           h("td", { class: "num" }, `${n(r.icu_available)} / ${n(r.icu_occupied)}`),
           h("td", { class: "num" }, permille(r.icu_free_permille)),

@@ -252,7 +252,7 @@ export function showReport(root, session) {
     marking({ class: f.class.value });
     f.region_code.value = options.region_code || "";
     if (options.region_code) f.region_code.readOnly = true;
-    f.reporting_unit.value = options.name ? `${options.name}, regional särskild sjukvårdsledning (RSSL)` : "";
+    f.reporting_unit.value = options.name ? `${options.name}, RSSL` : "";
     offerRecipients();
   }
 
@@ -342,7 +342,7 @@ export function showReport(root, session) {
       if (slot) slot.textContent = slot.textContent ? `${slot.textContent}; ${e.problem}` : e.problem;
       first = first || input;
     }
-    fill(summary, h("p", {}, `Rapporten skickades inte: ${message}`),
+    fill(summary, h("p", {}, `Rapporten skickades inte (not sent): ${message}`),
       loose.length ? h("ul", {}, loose.map((e) => h("li", {}, `${e.field}: ${e.problem}`))) : null);
     (first && first.tagName !== "SPAN" ? first : summary).focus?.();
   }
@@ -374,7 +374,7 @@ export function showReport(root, session) {
     const head = h("p", { id: "delivery-summary" }, "Väntar på kvitton …");
     fill(delivery, h("h2", {}, "Leverans ", h("span", { class: "en" }, "Delivery"), " ", h("code", { id: "delivery-id" }, id)), head,
       h("table", { class: "grid", id: "delivery-table" },
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Mottagare"), h("th", { scope: "col" }, "Läge (state)"), h("th", { scope: "col" }, "Tid"), h("th", { scope: "col" }, "Anledning"))),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Mottagare"), h("th", { scope: "col" }, "Läge (state)"), h("th", { scope: "col" }, "Tid"), h("th", { scope: "col" }, "Anmärkning (note)"))),
         h("tbody", {}, [...rows.values()])));
     const tick = async () => {
       let st;
