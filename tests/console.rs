@@ -94,6 +94,8 @@ fn main() {
                 let _ = client.close().await;
                 let _ = driver.kill();
                 let _ = driver.wait();
+                // The screenshots stay; the browser's profile does not.
+                let _ = std::fs::remove_dir_all(dir.join("chromium-profile"));
                 if let Err(panic) = result {
                     std::panic::resume_unwind(panic);
                 }

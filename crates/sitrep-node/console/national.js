@@ -196,22 +196,25 @@ export function showNational(root) {
       h("svg:title", {}, label), h("svg:polyline", { points: pts || `0,${hgt} ${w},${hgt}`, class: "spark-line" }));
   }
 
+  // The inbox is read page by page from where the last read stopped: new
+  // reports are added at the top, nothing is read twice.
+  let inboxAfter = "";
+  const inboxReports = [];
   async function loadInbox() {
-    let after = "";
-    const reports = [];
     try {
-      for (let i = 0; i < 50; i++) {
-        const page = await api("GET", `/v1/inbox?limit=500${after ? `&after=${after}` : ""}`);
-        reports.push(...page.items.filter((x) => x.content_type === "SITUATION_REPORT"));
-        if (!page.items.length || page.next === after) break;
-        after = page.next;
+      for (let i = 0; i < 20; i++) {
+        const page = await api("GET", `/v1/inbox?limit=500${inboxAfter ? `&after=${inboxAfter}` : ""}`);
+        inboxReports.unshift(...page.items.filter((x) => x.content_type === "SITUATION_REPORT").reverse());
+        if (!page.items.length || page.next === inboxAfter) break;
+        inboxAfter = page.next;
       }
     } catch (e) {
       fill(inbox, h("h2", {}, "Inkorg"), h("p", {}, e.message));
       return;
     }
-    reports.reverse();
-    fill(inbox, h("h2", {}, "Inkorg ", h("span", { class: "en" }, "Reports addressed here"), ` (${reports.length})`),
+    inboxReports.splice(200);
+    const reports = inboxReports;
+    fill(inbox, h("h2", {}, "Inkorg ", h("span", { class: "en" }, "Reports addressed here"), ` (${reports.length}${reports.length === 200 ? "+" : ""})`),
       reports.length ? null : h("p", {}, "Inga rapporter adresserade hit."),
       reports.slice(0, 50).map((x) => {
         const r = x.report || {};
@@ -222,7 +225,7 @@ export function showNational(root) {
             h("dt", {}, "Läge / prioritet"), h("dd", {}, `${x.mode} / ${x.precedence}`),
             h("dt", {}, "Avsändare"), h("dd", {}, `${x.author} (${x.origin})`),
             h("dt", {}, "Period"), h("dd", {}, `${when(r.period?.start_unix_ms)} – ${when(r.period?.end_unix_ms)}`),
-            h("dt", {}, "IVA"), h("dd", {}, (r.beds || []).filter((b) => b.type.startsWith("ICU")).map((b) => `${b.type}: ${n(b.available)} lediga, ${n(b.occupied)} belagda`).join("; ") || "–"),
+            h("dt", {}, "IVA"), h("dd", {}, (r.beds || []).filter((b) => (b.type || "").startsWith("ICU")).map((b) => `${b.type}: ${n(b.available)} lediga, ${n(b.occupied)} belagda`).join("; ") || "–"),
             h("dt", {}, "Bedömning"), h("dd", {}, r.assessment || "–"),
             h("dt", {}, "Åtgärdsplan"), h("dd", {}, r.action_plan || "–"),
             h("dt", {}, "Upprättad / godkänd"), h("dd", {}, `${r.prepared_by || "–"} / ${r.approved_by || "–"}`)));

@@ -227,8 +227,8 @@ pub struct ApiConfig {
     /// How long a console session lasts after sign-in (`api.session_ttl`,
     /// default 8 h: one shift).
     pub session_ttl: Duration,
-    /// Console sessions held at once (`api.max_sessions`, default 256);
-    /// a sign-in over the cap is refused until one ends or expires.
+    /// Console sessions held at once per role (`api.max_sessions`, default
+    /// 256); a sign-in over the cap is refused until one ends or expires.
     pub max_sessions: usize,
 }
 

@@ -26,10 +26,6 @@ use crate::event::NodeEvent;
 use crate::metrics::{Counters, Event};
 use crate::shared::{Shared, lock};
 
-/// The file beside a channel's store that keeps the last report submitted
-/// through the API.
-const LAST_REPORT: &str = "last-report.json";
-
 /// What to send.
 // A submission is built once per report and moved, never stored in bulk:
 // boxing the report would buy nothing but an allocation.
@@ -740,30 +736,6 @@ impl Service {
                 Some((class, to))
             })
             .collect()
-    }
-
-    /// Keeps `doc` (the body of the last report submitted through the API)
-    /// beside the store of the channel it went on, for "copy from my last
-    /// report"; written like the feed state files (0600, synced, renamed).
-    pub(crate) fn remember_report(&self, class: Class, doc: &serde_json::Value) -> Result<(), String> {
-        let channel = Channel::for_class(class);
-        let rt = self.0.channels.get(&channel).ok_or("no such channel here")?;
-        crate::feedstate::save(&rt.dir.join(LAST_REPORT), doc)
-    }
-
-    /// The last report submitted through the API on any channel: the one
-    /// with the latest `submitted_ms`.
-    pub(crate) fn last_report(&self) -> Option<serde_json::Value> {
-        self.0
-            .channels
-            .values()
-            .filter_map(|rt| {
-                crate::feedstate::load::<Option<serde_json::Value>>(&rt.dir.join(LAST_REPORT))
-                    .map_err(|e| tracing::warn!(error = %e, "the last report kept here does not read"))
-                    .ok()
-                    .flatten()
-            })
-            .max_by_key(|d| d["submitted_ms"].as_i64().unwrap_or(0))
     }
 
     /// Outbox statistics per channel.

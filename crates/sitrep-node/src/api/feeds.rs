@@ -185,7 +185,10 @@ pub(super) async fn events(
         return Err(no_feed(&name));
     }
     let rx = state.service.feed_updates();
+    // A stream opened with a console session ends with it (expiry or sign-out).
+    let session = super::session::Bound::of(&state, &headers);
     let start = Follow {
+        session,
         service: state.service.clone(),
         cancel: state.cancel.clone(),
         name,
@@ -195,6 +198,9 @@ pub(super) async fn events(
     };
     let stream = futures_util::stream::unfold(start, |mut f| async move {
         loop {
+            if f.session.as_ref().is_some_and(|b| !b.valid()) {
+                return None;
+            }
             if let Some(r) = f.pending.pop_front() {
                 f.last = r.sequence;
                 let event = Event::default()
@@ -209,17 +215,26 @@ pub(super) async fn events(
             if !f.pending.is_empty() {
                 continue;
             }
+            let expiry = f.session.as_ref().map(super::session::Bound::expiry);
             tokio::select! {
                 () = f.cancel.cancelled() => return None,
                 changed = f.rx.changed() => changed.ok()?,
+                () = async { tokio::time::sleep_until(expiry.unwrap_or_else(far)).await }, if expiry.is_some() => {}
             }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// A time the stream never reaches (no session bounds it).
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
+}
+
 /// Where one event stream stands.
 struct Follow {
+    /// The console session it was opened with, if any.
+    session: Option<super::session::Bound>,
     service: crate::service::Service,
     cancel: tokio_util::sync::CancellationToken,
     name: String,

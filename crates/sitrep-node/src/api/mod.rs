@@ -64,6 +64,11 @@ struct ApiState {
     sessions: Arc<session::Sessions>,
     /// The last hour of counters.
     history: history::History,
+    /// The last report submitted through this API (its body as sent, with
+    /// `id` and `submitted_ms`), for "copy from my last report". In memory
+    /// only: a report's clear text is never written outside its sealed
+    /// envelope.
+    last_report: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
 #[derive(OpenApi)]
@@ -137,6 +142,7 @@ pub(crate) async fn serve(
     let state = ApiState {
         history: history::start(service.clone(), cancel.clone()),
         sessions: session::Sessions::new(api.session_ttl, api.max_sessions),
+        last_report: Arc::default(),
         service,
         openapi: openapi.into(),
         cancel: cancel.clone(),

@@ -102,27 +102,29 @@ pub(super) async fn options(
     }))
 }
 
-/// The last report submitted through the API here: the body as it was
-/// sent, with `id` and `submitted_ms`.
+/// The last report submitted through the API here since the node started
+/// (kept in memory only): the body as it was sent, with `id` and
+/// `submitted_ms`.
 #[utoipa::path(get, path = "/v1/reports/last", tag = "reports",
     responses(
         (status = 200, description = "The last submission's body, with id and submitted_ms", content_type = "application/json"),
-        (status = 404, description = "Nothing submitted through the API yet", body = ErrorBody),
+        (status = 404, description = "Nothing submitted through the API since the node started", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Not the reporter role", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(super) async fn last(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers, Role::Reporter)?;
-    let service = state.service.clone();
-    tokio::task::spawn_blocking(move || service.last_report())
-        .await
-        .map_err(ApiError::unavailable)?
+    state
+        .last_report
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
         .map(Json)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no report has been submitted through the API here yet",
+                "no report has been submitted through the API here since the node started",
             )
         })
 }

@@ -101,14 +101,16 @@ impl Sessions {
             csrf: csrf.clone(),
         };
         let mut map = self.table();
-        if map.len() >= self.max {
+        // The cap is per role: one role's sign-ins cannot lock out another.
+        let held = |map: &HashMap<[u8; 32], Session>| map.values().filter(|s| s.role == role).count();
+        if held(&map) >= self.max {
             map.retain(|_, s| s.expires_ms > now);
         }
-        if map.len() >= self.max {
+        if held(&map) >= self.max {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "{} console sessions are open (api.max_sessions); sign out elsewhere or wait for one to expire",
+                    "{} console sessions of this role are open (api.max_sessions); sign out elsewhere or wait for one to expire",
                     self.max
                 ),
             ));
@@ -130,6 +132,44 @@ impl Sessions {
 
     fn end(&self, id: &str) {
         self.table().remove(&sitrep_crypto::sha256(id.as_bytes()));
+    }
+}
+
+/// A long-lived answer (an event stream) opened with a console session:
+/// it ends when the session expires or signs out.
+pub(super) struct Bound {
+    sessions: Arc<Sessions>,
+    id: String,
+    expires_ms: i64,
+}
+
+impl Bound {
+    /// The session a cookie request was made with; `None` for a bearer
+    /// request (bearer tokens do not expire).
+    pub(super) fn of(state: &ApiState, headers: &HeaderMap) -> Option<Self> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            return None;
+        }
+        let id = cookie(headers)?;
+        match state.sessions.lookup(id, now_ms()) {
+            Lookup::Valid(s) => Some(Self {
+                sessions: state.sessions.clone(),
+                id: id.to_owned(),
+                expires_ms: s.expires_ms,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether the session still holds.
+    pub(super) fn valid(&self) -> bool {
+        matches!(self.sessions.lookup(&self.id, now_ms()), Lookup::Valid(_))
+    }
+
+    /// When the session expires, on the runtime's clock.
+    pub(super) fn expiry(&self) -> tokio::time::Instant {
+        let left = u64::try_from(self.expires_ms.saturating_sub(now_ms())).unwrap_or(0);
+        tokio::time::Instant::now() + Duration::from_millis(left)
     }
 }
 
@@ -156,7 +196,7 @@ pub(super) fn not_signed_in(l: &Lookup) -> ApiError {
 /// Refuses a request another site's page made: `Sec-Fetch-Site` must be
 /// `same-origin` or `none` (typed in), and `Origin`, when sent, must be
 /// this host.
-fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+fn same_origin(headers: &HeaderMap, authority: Option<&str>) -> Result<(), ApiError> {
     let refuse = |why: String| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -173,6 +213,7 @@ fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
+            .or(authority)
             .unwrap_or("");
         let origin = origin.to_str().unwrap_or("null");
         let ours = origin
@@ -192,7 +233,7 @@ pub(super) async fn guard(State(state): State<ApiState>, req: Request, next: Nex
     let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let headers = req.headers();
     if !safe && !headers.contains_key(header::AUTHORIZATION) {
-        if let Err(e) = same_origin(headers) {
+        if let Err(e) = same_origin(headers, req.uri().authority().map(|a| a.as_str())) {
             return secured(e.into_response());
         }
         if let Some(id) = cookie(headers)
@@ -213,7 +254,14 @@ pub(super) async fn guard(State(state): State<ApiState>, req: Request, next: Nex
             }
         }
     }
-    secured(next.run(req).await)
+    let data = !(req.uri().path() == "/" || req.uri().path().starts_with("/console/"));
+    let mut resp = next.run(req).await;
+    if data {
+        // Data is never kept, not even by a stream's own `no-cache`.
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    secured(resp)
 }
 
 /// Adds the security headers; answers that set no caching policy are not
@@ -309,6 +357,10 @@ pub(super) async fn sign_in(
         tracing::warn!("console sign-in with an unknown token refused");
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown token"));
     };
+    // Signing in again replaces the session this browser held.
+    if let Some(old) = cookie(&headers) {
+        state.sessions.end(old);
+    }
     let issued = state.sessions.issue(role, now_ms())?;
     tracing::info!(role = role_name(role), "console sign-in");
     let view = SessionView {
@@ -403,13 +455,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7700"));
         h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:7700"));
-        assert!(same_origin(&h).is_ok());
+        assert!(same_origin(&h, None).is_ok());
         h.insert("sec-fetch-site", HeaderValue::from_static("same-site"));
-        assert!(same_origin(&h).is_err());
+        assert!(same_origin(&h, None).is_err());
         h.remove("sec-fetch-site");
         h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:9999"));
-        assert!(same_origin(&h).is_err());
+        assert!(same_origin(&h, None).is_err());
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(same_origin(&h).is_err());
+        assert!(same_origin(&h, None).is_err());
     }
 }

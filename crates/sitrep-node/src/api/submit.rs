@@ -323,29 +323,27 @@ pub(super) async fn submit_report(
         })?
     };
     let sub = body.into_submission().map_err(ApiError::fields)?;
-    let class = sub.label.class;
     match state.service.submit(sub).await {
         Ok(id) => {
-            remember(&state, class, &raw, &id.to_string()).await;
+            remember(&state, &raw, &id.to_string());
             Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_string() })).into_response())
         }
         Err(e) => Err(submit_error(e)),
     }
 }
 
-/// Keeps the body just accepted for "copy from my last report"; a failure
-/// to keep it is logged, the submission stands.
-async fn remember(state: &ApiState, class: sitrep_core::Class, raw: &Bytes, id: &str) {
+/// Keeps the body just accepted for "copy from my last report" (in
+/// memory; see `ApiState::last_report`).
+fn remember(state: &ApiState, raw: &Bytes, id: &str) {
     let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(raw) else {
         return;
     };
     doc["id"] = id.into();
     doc["submitted_ms"] = crate::clock::now_ms().into();
-    let service = state.service.clone();
-    let kept = tokio::task::spawn_blocking(move || service.remember_report(class, &doc)).await;
-    if let Ok(Err(e)) | Err(e) = kept.map_err(|e| e.to_string()) {
-        tracing::warn!(error = %e, "the last report could not be kept for the console");
-    }
+    *state
+        .last_report
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(doc);
 }
 
 /// A refused submission as an answer: field errors as 400, policy and
