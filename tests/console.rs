@@ -25,6 +25,7 @@ use sitrep_core::feed::FeedSpec;
 use sitrep_core::{Channel, Class, Label, Mode, NodeId, Precedence};
 use sitrep_node::config::Role;
 use sitrep_node::{Content, Submission};
+use sitrep_suite::http;
 use sitrep_testkit::{NodeSpec, TestNet, line};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -136,16 +137,32 @@ struct Browser {
 
 impl Browser {
     async fn start(test: &'static str, driver: &Path, chromium: &Path, dir: &Path) -> (Self, Child) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        // Port 0: chromedriver picks a free port and names it in its ready
+        // line, so reading that line is both the port and the readiness.
         let mut driver = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
+        let stdout = driver.stdout.take().expect("chromedriver's stdout");
+        let port = tokio::task::spawn_blocking(move || {
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
+                l.strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|p| p.trim_end_matches('.').parse::<u16>().ok())
+            });
+            // Keep reading, so that chromedriver never writes into a closed pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            port
+        })
+        .await
+        .expect("reading chromedriver");
+        let Some(port) = port else {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            panic!("chromedriver exited without saying it was ready");
+        };
         let profile = dir.join("chromium-profile");
         let caps = json!({
             "browserName": "chrome",
@@ -160,24 +177,17 @@ impl Browser {
         });
         let caps = caps.as_object().cloned().expect("an object");
         let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            match ClientBuilder::rustls()
-                .expect("connector")
-                .capabilities(caps.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => {
-                    let _ = driver.kill();
-                    let _ = driver.wait();
-                    panic!("no WebDriver session from chromedriver: {e}");
-                }
+        let connected = ClientBuilder::rustls()
+            .expect("connector")
+            .capabilities(caps)
+            .connect(&url)
+            .await;
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = driver.kill();
+                let _ = driver.wait();
+                panic!("no WebDriver session from chromedriver: {e}");
             }
         };
         let browser = Self {
@@ -219,7 +229,9 @@ impl Browser {
         .await
     }
 
-    /// Polls `probe` until it gives a value, for up to a minute.
+    /// Checks `probe` until it gives a value, for up to a minute: again
+    /// after every change of the page (where what it looks for shows), or
+    /// after a second without one (for what does not show in the DOM).
     async fn wait<T, F: Future<Output = Option<T>>>(&self, what: &str, probe: impl Fn() -> F) -> T {
         let deadline = Instant::now() + LONG;
         loop {
@@ -230,8 +242,20 @@ impl Browser {
                 self.shot(&format!("timeout-{}", what.replace(' ', "-"))).await;
                 panic!("{}: timed out waiting for {what}", self.test);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.page_changed().await;
         }
+    }
+
+    /// Returns when the page's DOM changes, or after a second without a
+    /// change (a `MutationObserver` in the page, through WebDriver's
+    /// asynchronous script).
+    async fn page_changed(&self) {
+        const SCRIPT: &str = "const done = arguments[arguments.length - 1]; \
+            const seen = new MutationObserver(() => { seen.disconnect(); done(true); }); \
+            seen.observe(document, {subtree: true, childList: true, attributes: true, characterData: true}); \
+            setTimeout(() => { seen.disconnect(); done(false); }, 1000);";
+        // A navigation in progress ends the script early: check again then.
+        let _ = self.client.execute_async(SCRIPT, vec![]).await;
     }
 
     /// The element's text now.
@@ -314,30 +338,13 @@ async fn bearer(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
+    let mut headers = vec![("Authorization", format!("Bearer {}", net.api_token(id, role)))];
+    if body.is_some() {
+        headers.push(("Content-Type", "application/json".to_owned()));
+    }
     let url = format!("{}{path}", base(net, id));
-    let auth = format!("Bearer {}", net.api_token(id, role));
-    let method = method.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut resp = match (method.as_str(), body) {
-            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
-            (_, Some(b)) => agent
-                .post(&url)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(b.to_string().as_bytes()),
-            (_, None) => agent.post(&url).header("Authorization", &auth).send_empty(),
-        }
-        .expect("the API answers");
-        let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
-        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-    })
-    .await
-    .expect("call")
+    let a = http::call(method, &url, &headers, body.map(|b| b.to_string())).await;
+    (a.status, a.json())
 }
 
 async fn counter(net: &TestNet, id: &str, name: &str) -> u64 {
@@ -672,23 +679,14 @@ async fn refusals(b: Browser) {
     .await;
     b.shot("session-expired").await;
     let value = cookie.value().to_owned();
-    let (status, answer) = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut resp = agent
-            .get(&format!("{url}/v1/status"))
-            .header("Cookie", &format!("sitrep_session={value}"))
-            .call()
-            .expect("answers");
-        (
-            resp.status().as_u16(),
-            resp.body_mut().read_to_string().unwrap_or_default(),
-        )
-    })
-    .await
-    .expect("call");
+    let old = http::call(
+        "GET",
+        &format!("{url}/v1/status"),
+        &[("Cookie", format!("sitrep_session={value}"))],
+        None,
+    )
+    .await;
+    let (status, answer) = (old.status, old.body);
     assert_eq!(status, 401, "{answer}");
     assert!(answer.contains("the session has expired"), "{answer}");
     net.shutdown().await;

@@ -845,3 +845,35 @@ impl Recorder {
             .clone()
     }
 }
+
+/// `GET /v1/feeds/{name}/regions/{code}`: the region's row in each roll-up
+/// held, one entry per change, oldest first; an unknown region is `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regions_history_has_an_entry_per_change() {
+    let net = start_national(Vec::new()).await;
+    let mut hub_events = events(&api(&net, "nspl-hub"), "national-open", None);
+    for n in 1..=2 {
+        net.node("region-uppsala")
+            .submit(submission(n, Class::Sensitive, Mode::Exercise, 4 + n))
+            .await
+            .expect("submitted");
+        until(
+            &mut hub_events,
+            "the report in the hub's roll-up",
+            has_report("03", n.into()),
+        )
+        .await;
+    }
+    let (status, history) = get(&net, "/v1/feeds/national-open/regions/03").await;
+    assert_eq!(status, 200, "{history}");
+    let numbers: Vec<u64> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| number(&e["row"]["report_number"]))
+        .filter(|n| *n > 0)
+        .collect();
+    assert_eq!(numbers, [1, 2], "{history}");
+    assert_eq!(get(&net, "/v1/feeds/national-open/regions/99").await.0, 404);
+    net.shutdown().await;
+}

@@ -2,41 +2,21 @@
 //! the page and its security headers, sign-in for a session cookie, the
 //! CSRF and same-origin checks on what a cookie may change, sign-out, and
 //! the endpoints the views read (report options, the last report, counter
-//! history, a region's history). The browser tests (`tests/console.rs`)
+//! history; a region's history is in `tests/feeds.rs`). The browser tests (`tests/console.rs`)
 //! drive the same through Chromium.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sitrep_core::feed::FeedSpec;
-use sitrep_core::{Channel, Class, Label, Mode, NodeId, Precedence};
+use sitrep_core::{Class, Label, Mode, NodeId, Precedence};
 use sitrep_node::config::Role;
 use sitrep_node::{Content, Submission};
-use sitrep_testkit::{TestNet, line};
+use sitrep_suite::http::{self, Answer};
+use sitrep_testkit::{TestNet, line, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// One answer: status, the headers asked for, body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-/// A request with any headers, as a browser or a script sends it.
+/// A request to `base` + `path`.
 async fn call(
     base: &str,
     method: &str,
@@ -44,52 +24,7 @@ async fn call(
     headers: Vec<(&str, String)>,
     body: Option<String>,
 ) -> Answer {
-    let url = format!("{base}{path}");
-    let method = method.to_owned();
-    let headers: Vec<(String, String)> = headers.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut resp = match method.as_str() {
-            "GET" => {
-                let mut r = agent.get(&url);
-                for (k, v) in &headers {
-                    r = r.header(k, v);
-                }
-                r.call()
-            }
-            "DELETE" => {
-                let mut r = agent.delete(&url);
-                for (k, v) in &headers {
-                    r = r.header(k, v);
-                }
-                r.call()
-            }
-            _ => {
-                let mut r = agent.post(&url);
-                for (k, v) in &headers {
-                    r = r.header(k, v);
-                }
-                r.send(body.unwrap_or_default().as_bytes())
-            }
-        }
-        .expect("the API answers");
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect();
-        Answer {
-            status,
-            headers,
-            body: resp.body_mut().read_to_string().unwrap_or_default(),
-        }
-    })
-    .await
-    .expect("call")
+    http::call(method, &format!("{base}{path}"), &headers, body).await
 }
 
 fn base(net: &TestNet, id: &str) -> String {
@@ -364,50 +299,47 @@ async fn sessions_expire_and_are_capped() {
     }
     let url = base(&net, "region-uppsala");
     let token = net.api_token("region-uppsala", Role::Operator);
-    let (first, _) = sign_in(&url, &token).await;
+    let first = session_for(&url, &token).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let cookie = first
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a cookie")
+        .to_owned();
+    let expires = first.json()["expires"]
+        .as_str()
+        .map(humantime::parse_rfc3339)
+        .expect("expires")
+        .expect("RFC 3339");
     sign_in(&url, &token).await;
     let full = session_for(&url, &token).await;
     assert_eq!(full.status, 503, "{}", full.body);
     assert!(full.body.contains("api.max_sessions"), "{}", full.body);
     // The cap is per role: another role still signs in.
     sign_in(&url, &net.api_token("region-uppsala", Role::Reader)).await;
-    // Wait for the first to expire (the node's answer is the condition).
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        let a = call(&url, "GET", "/v1/status", vec![("Cookie", first.clone())], None).await;
-        if a.status == 401 {
-            assert!(a.body.contains("expired"), "{}", a.body);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the session never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = || call(&url, "GET", "/v1/status", vec![("Cookie", cookie.clone())], None);
+    assert_eq!(status().await.status, 200, "valid before its time");
+    // The behaviour under test is the passing of time: the session ends at
+    // the time the node announced, so the test waits until just past it.
+    let left = expires
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(left + Duration::from_millis(1)).await;
+    let after = status().await;
+    assert_eq!(after.status, 401, "{}", after.body);
+    assert!(after.body.contains("the session has expired"), "{}", after.body);
     // Expired sessions make room for new ones.
     sign_in(&url, &token).await;
     net.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counter_history_and_a_regions_history_are_served() {
-    let mut net = TestNet::prepare(&line());
-    net.override_config("nspl-hub", |c| {
-        c.feeds = vec![FeedSpec::national(
-            "national-open",
-            Channel::Open,
-            Mode::Exercise,
-            Class::Sensitive,
-        )];
-        c.limits.feed_min_interval = Duration::from_millis(50);
-    });
-    for s in line() {
-        net.start_node(s.id).await;
-    }
+async fn the_counter_history_ends_with_the_counters_now() {
+    let net = TestNet::start(&line()).await;
     let hub = base(&net, "nspl-hub");
-    let mut r = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
     for n in 1..=2 {
+        let mut r = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
         r.report_number = n;
-        r.beds[0].available = n;
-        r.beds[0].with_ventilator = 0;
         net.node("region-uppsala")
             .submit(Submission {
                 author: "TiB".into(),
@@ -416,67 +348,17 @@ async fn counter_history_and_a_regions_history_are_served() {
                 mode: Mode::Exercise,
                 recipients: vec![NodeId::new("nspl-hub").expect("id")],
                 expires_ms: None,
-                content: Content::Report(r.clone()),
+                content: Content::Report(r),
             })
             .await
             .expect("submitted");
-        // The hub's roll-up has it (its API is the condition).
-        let deadline = std::time::Instant::now() + LONG;
-        loop {
-            let a = call(
-                &hub,
-                "GET",
-                "/v1/feeds/national-open",
-                vec![bearer(&net, "nspl-hub", Role::Reader)],
-                None,
-            )
-            .await;
-            let has = a.json()["regions"].as_array().is_some_and(|rows| {
-                rows.iter()
-                    .any(|row| row["region_code"] == "03" && row["report_number"] == n)
-            });
-            if has {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never rolled up: {}",
-                a.body
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
-    let reader = bearer(&net, "nspl-hub", Role::Reader);
-    let h = call(
-        &hub,
-        "GET",
-        "/v1/feeds/national-open/regions/03",
-        vec![reader.clone()],
-        None,
-    )
-    .await;
-    assert_eq!(h.status, 200, "{}", h.body);
-    let numbers: Vec<u64> = h.json()["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["row"]["report_number"].as_u64().unwrap_or(0))
-        .collect();
-    assert_eq!(
-        numbers.iter().filter(|n| **n > 0).copied().collect::<Vec<_>>(),
-        [1, 2],
-        "{}",
-        h.body
-    );
-    let missing = call(
-        &hub,
-        "GET",
-        "/v1/feeds/national-open/regions/99",
-        vec![reader.clone()],
-        None,
-    )
-    .await;
-    assert_eq!(missing.status, 404);
+    let hub_node = net.node("nspl-hub");
+    wait_until(hub_node, LONG, "both reports accepted at the hub", || {
+        hub_node.counters().get("accepted") >= 2
+    })
+    .await
+    .expect("accepted");
 
     let hist = call(
         &hub,
@@ -502,6 +384,7 @@ async fn counter_history_and_a_regions_history_are_served() {
         "{}",
         hist.body
     );
+    let reader = bearer(&net, "nspl-hub", Role::Reader);
     assert_eq!(
         call(&hub, "GET", "/v1/status/history", vec![reader], None)
             .await
