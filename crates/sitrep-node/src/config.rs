@@ -217,6 +217,21 @@ pub enum Role {
     Operator,
 }
 
+impl Role {
+    /// Every role.
+    pub const ALL: [Self; 3] = [Self::Reporter, Self::Reader, Self::Operator];
+
+    /// The role's name, as `api.tokens.<name>` and the console spell it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reporter => "reporter",
+            Self::Reader => "reader",
+            Self::Operator => "operator",
+        }
+    }
+}
+
 /// The HTTP API.
 #[derive(Clone)]
 pub struct ApiConfig {
@@ -458,12 +473,10 @@ impl Config {
                 let mut tokens = Vec::new();
                 for (role, token) in &a.tokens {
                     let key = format!("api.tokens.{role}");
-                    let role = match role.as_str() {
-                        "reporter" => Role::Reporter,
-                        "reader" => Role::Reader,
-                        "operator" => Role::Operator,
-                        _ => return Err(err(&key, "not a role; use reporter, reader or operator")),
-                    };
+                    let role = Role::ALL
+                        .into_iter()
+                        .find(|r| r.as_str() == role)
+                        .ok_or_else(|| err(&key, "not a role; use reporter, reader or operator"))?;
                     if token.len() < 16 {
                         return Err(err(&key, "token shorter than 16 characters"));
                     }

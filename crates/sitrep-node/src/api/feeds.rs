@@ -216,19 +216,20 @@ pub(super) async fn events(
                 continue;
             }
             let expiry = f.session.as_ref().map(super::session::Bound::expiry);
+            let session_ends = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = f.cancel.cancelled() => return None,
                 changed = f.rx.changed() => changed.ok()?,
-                () = async { tokio::time::sleep_until(expiry.unwrap_or_else(far)).await }, if expiry.is_some() => {}
+                () = session_ends => {}
             }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// A time the stream never reaches (no session bounds it).
-fn far() -> tokio::time::Instant {
-    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// Where one event stream stands.

@@ -68,7 +68,6 @@ pub(super) struct Sessions {
 /// A new session's secrets, handed to the browser once.
 struct Issued {
     id: String,
-    csrf: String,
     session: Session,
 }
 
@@ -98,7 +97,7 @@ impl Sessions {
         let session = Session {
             role,
             expires_ms: now.saturating_add(ttl),
-            csrf: csrf.clone(),
+            csrf,
         };
         let mut map = self.table();
         // The cap is per role: one role's sign-ins cannot lock out another.
@@ -116,7 +115,7 @@ impl Sessions {
             ));
         }
         map.insert(sitrep_crypto::sha256(id.as_bytes()), session.clone());
-        Ok(Issued { id, csrf, session })
+        Ok(Issued { id, session })
     }
 
     pub(super) fn lookup(&self, id: &str, now: i64) -> Lookup {
@@ -310,11 +309,14 @@ pub(super) struct SessionView {
     csrf_token: String,
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Reporter => "reporter",
-        Role::Reader => "reader",
-        Role::Operator => "operator",
+impl SessionView {
+    fn of(state: &ApiState, s: Session) -> Self {
+        Self {
+            role: s.role.as_str(),
+            node: state.service.node_id().to_string(),
+            expires: rfc3339(s.expires_ms),
+            csrf_token: s.csrf,
+        }
     }
 }
 
@@ -362,13 +364,8 @@ pub(super) async fn sign_in(
         state.sessions.end(old);
     }
     let issued = state.sessions.issue(role, now_ms())?;
-    tracing::info!(role = role_name(role), "console sign-in");
-    let view = SessionView {
-        role: role_name(role),
-        node: state.service.node_id().to_string(),
-        expires: rfc3339(issued.session.expires_ms),
-        csrf_token: issued.csrf,
-    };
+    tracing::info!(role = role.as_str(), "console sign-in");
+    let view = SessionView::of(&state, issued.session);
     let cookie = set_cookie(&issued.id, state.sessions.ttl.as_secs().max(1))?;
     Ok((StatusCode::CREATED, [(header::SET_COOKIE, cookie)], Json(view)).into_response())
 }
@@ -386,12 +383,7 @@ pub(super) async fn current(
 ) -> Result<Json<SessionView>, ApiError> {
     let id = cookie(&headers).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not signed in"))?;
     match state.sessions.lookup(id, now_ms()) {
-        Lookup::Valid(s) => Ok(Json(SessionView {
-            role: role_name(s.role),
-            node: state.service.node_id().to_string(),
-            expires: rfc3339(s.expires_ms),
-            csrf_token: s.csrf,
-        })),
+        Lookup::Valid(s) => Ok(Json(SessionView::of(&state, s))),
         l => Err(not_signed_in(&l)),
     }
 }
