@@ -372,7 +372,6 @@ async fn label_policy_matrix_through_real_nodes() {
         net.start_node_with(s.id, Some(rec.clone())).await;
         recorders.insert(s.id, rec);
     }
-    let net = net;
     // Only secure-cleared relays listen on secure.
     for (i, class) in Class::ALL.into_iter().enumerate() {
         assert!(net.addr(RELAYS[i], Channel::Open).is_some());
@@ -684,7 +683,6 @@ async fn the_open_channel_never_carries_a_classified_message() {
         net.start_node_with(s.id, Some(rec.clone())).await;
         recorders.insert(s.id, rec);
     }
-    let net = net;
     let region = net.node(REGION);
     let authority = net.node(AUTHORITY);
 
@@ -796,6 +794,40 @@ async fn the_open_channel_never_carries_a_classified_message() {
             "{node}: classified ids on secure frames"
         );
         println!("{node}: {count:?} frames recorded");
+    }
+
+    // The audit logs: classified ids only in the secure channel's own log,
+    // beside its store; the open channel's (node-wide) log never names one.
+    for s in &specs {
+        net.stop(s.id).await;
+    }
+    for node in specs.iter().map(|s| s.id) {
+        let config = net.config(node);
+        let read = |ch: Channel| {
+            let path = config.audit_log(ch);
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let (open_log, secure_log) = (read(Channel::Open), read(Channel::Secure));
+        assert_ne!(config.audit_log(Channel::Open), config.audit_log(Channel::Secure));
+        for id in &classified {
+            let id = id.to_string();
+            assert!(
+                !open_log.contains(&id),
+                "{node}: classified {id} in the open audit log"
+            );
+            assert!(
+                secure_log.contains(&id),
+                "{node}: classified {id} not in the secure audit log"
+            );
+        }
+        for id in &open {
+            let id = id.to_string();
+            assert!(open_log.contains(&id), "{node}: {id} not in the open audit log");
+            assert!(
+                !secure_log.contains(&id),
+                "{node}: open {id} in the secure audit log"
+            );
+        }
     }
     net.shutdown().await;
 }

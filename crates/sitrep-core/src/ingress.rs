@@ -411,8 +411,8 @@ pub enum Local {
 /// 6. not seen before (`duplicate`, permanent) nor in progress
 ///    (`duplicate`, transient), the dedup lookup working (`store`);
 /// 7. every served recipient routable (`no_route`, naming them all);
-/// 8. every served recipient, then every next hop, in the roster
-///    (`unknown_node`);
+/// 8. every signed recipient (served or not: `serves` is not signed),
+///    then every next hop, in the roster (`unknown_node`);
 /// 9. routing label policy for those recipients ([`Party::Recipient`]),
 ///    then next hops ([`Party::NextHop`]).
 ///
@@ -458,7 +458,10 @@ fn accept(ctx: &Context<'_>, arrival: &Arrival<'_>) -> Result<Accepted, Refusal>
         .routes
         .plan(ctx.here, ctx.channel, &serves)
         .map_err(|e| Refusal::no_route(&e))?;
-    let mut parties: Vec<(Party, &NodeId)> = serves.iter().map(|r| (Party::Recipient, r)).collect();
+    // Every signed recipient, not only those this copy serves: `serves` is
+    // not signed, so a hop could narrow it to hide a recipient the label
+    // may not reach.
+    let mut parties: Vec<(Party, &NodeId)> = h.recipients.iter().map(|r| (Party::Recipient, r)).collect();
     parties.extend(plan.copies.keys().map(|hop| (Party::NextHop, hop)));
     if let Some((_, n)) = parties.iter().find(|(_, n)| ctx.roster.node(n).is_none()) {
         return Err(Refusal::new(
@@ -1494,6 +1497,53 @@ mod tests {
                 local: None,
             })
         );
+    }
+
+    /// `serves` is not signed: a copy that serves only a cleared recipient
+    /// is still refused when another signed recipient may not hold the
+    /// label, so a hop cannot hide one by narrowing `serves`.
+    #[test]
+    fn the_label_check_covers_every_signed_recipient_not_only_those_served() {
+        let f = fixture();
+        let table = routes();
+        let here = n("here");
+        let roster = f.roster_with(|raw| set(raw, "origin", Level::Cleared(Open), Channel::Open));
+        let ctx = Context {
+            here: &here,
+            channel: Channel::Open,
+            channel_max: Some(Sensitive),
+            roster: &roster,
+            routes: &table,
+            hop_limit: LIMIT,
+        };
+        let h = header(
+            Sensitive,
+            &["dest", "origin"],
+            ContentType::SituationReport,
+            "origin",
+        );
+        let serves = ["dest".to_owned()];
+        let prev = n("prev");
+        let arrival = Arrival {
+            previous_hop: &prev,
+            hop_count: 1,
+            envelope: Verification::Valid(&h),
+            serves: &serves,
+            seen: Seen::New,
+        };
+        match decide(&ctx, &arrival) {
+            Decision::Refuse(r) => {
+                assert_eq!(r.reason, RefuseReason::NotCleared, "{r:?}");
+                assert!(r.detail.contains("origin"), "{r:?}");
+            }
+            other => panic!("a hidden uncleared recipient must refuse, got {other:?}"),
+        }
+        // With every recipient cleared, the same narrowed copy passes.
+        let ctx = Context {
+            roster: &f.roster,
+            ..ctx
+        };
+        assert!(matches!(decide(&ctx, &arrival), Decision::Accept(_)));
     }
 
     /// Egress: every class × channel × configured maximum × the next hop's

@@ -278,7 +278,7 @@ pub fn generate(topology: &Topology, out: &Path) -> Result<String> {
             out.display()
         );
     }
-    std::fs::create_dir_all(out.join("ca")).ctx(|| format!("--out {}", out.display()))?;
+    private_dir(&out.join("ca")).ctx(|| format!("--out {}", out.display()))?;
     let now = now_ms();
 
     let admin = SigningKey::generate()?;
@@ -315,7 +315,7 @@ pub fn generate(topology: &Topology, out: &Path) -> Result<String> {
     let mut entries = Vec::new();
     for n in &nodes {
         let dir = out.join(n.id.as_str());
-        std::fs::create_dir_all(&dir).ctx(|| format!("{}", dir.display()))?;
+        private_dir(&dir).ctx(|| format!("{}", dir.display()))?;
         let signing = SigningKey::generate()?;
         let hpke = HpkeSecretKey::generate()?;
         keyfile::write_signing_key(&dir.join("signing.key"), &signing)?;
@@ -380,6 +380,12 @@ pub fn generate(topology: &Topology, out: &Path) -> Result<String> {
         t.roster_serial,
         out.display()
     ))
+}
+
+/// Creates `dir` and its missing parents `0700` (they hold private keys).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Writes a new file (never overwrites), `0600` because several are private keys.

@@ -318,6 +318,22 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The QUIC transport limits of every channel endpoint.
+    #[must_use]
+    pub fn transport(&self) -> sitrep_net::TransportLimits {
+        sitrep_net::TransportLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_concurrent_streams: self.max_streams,
+            stream_receive_window: sitrep_net::TransportLimits::stream_window_for(self.max_frame_bytes),
+            idle_timeout: self.idle_timeout,
+            keep_alive: self.keep_alive,
+            frame_timeout: self.frame_timeout,
+            ..sitrep_net::TransportLimits::default()
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -328,6 +344,17 @@ pub struct LogConfig {
 }
 
 impl Config {
+    /// The audit log of `channel`'s events: `<data_dir>/audit.log` for
+    /// `open`, `audit.log` in the channel's store directory for `secure`, so
+    /// ids and peers of secure traffic stay on the secure store's volume.
+    #[must_use]
+    pub fn audit_log(&self, channel: Channel) -> PathBuf {
+        match (channel, self.channels.get(&channel)) {
+            (Channel::Secure, Some(c)) => c.store.join("audit.log"),
+            _ => self.data_dir.join("audit.log"),
+        }
+    }
+
     /// Reads `path` with `SITREP_<SECTION>__<KEY>` overrides from the process environment.
     ///
     /// # Errors

@@ -38,7 +38,7 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::feedstate::{self, Held, Request, RequestState, Requests, Subscription, Subscriptions};
 use crate::service::Service;
-use crate::shared::{ReportInput, Sent, Shared, lock};
+use crate::shared::{ReportInput, Sent, Shared, lock, shown};
 
 /// Inbox entries read per page.
 const PAGE: usize = 256;
@@ -293,7 +293,7 @@ impl Task {
                         None,
                         &req.feed,
                     );
-                    tracing::info!(feed = %req.feed, subscriber = %from, %channel, "subscribed");
+                    tracing::info!(feed = %req.feed, subscriber = %shown(channel, &from), %channel, "subscribed");
                 }
                 Err(why) => {
                     shared.audit(
@@ -304,7 +304,7 @@ impl Task {
                         None,
                         &why,
                     );
-                    tracing::warn!(feed = %req.feed, subscriber = %from, %channel, reason = %why, "subscription refused");
+                    tracing::warn!(feed = %req.feed, subscriber = %shown(channel, &from), %channel, reason = %why, "subscription refused");
                     out.push(answer(pb::subscription_state::State::Refused, &req.feed, why));
                 }
             }
@@ -319,7 +319,7 @@ impl Task {
                 None,
                 &req.feed,
             );
-            tracing::info!(feed = %req.feed, subscriber = %from, %channel, had, "unsubscribed");
+            tracing::info!(feed = %req.feed, subscriber = %shown(channel, &from), %channel, had, "unsubscribed");
             out.push(answer(
                 pb::subscription_state::State::Ended,
                 &req.feed,
@@ -379,7 +379,7 @@ impl Task {
                     table.remove(&feed, &who);
                     lock(&shared.feeds.sent).remove(&(feed.clone(), who.clone()));
                     shared.audit("subscription-ended", None, Some(&who), *channel, None, &why);
-                    tracing::warn!(%feed, subscriber = %who, channel = %channel, reason = %why, "subscription ended");
+                    tracing::warn!(%feed, subscriber = %shown(*channel, &who), channel = %channel, reason = %why, "subscription ended");
                     // Told on the feed's channel if it still may be, else
                     // on the open channel.
                     let on = if roster.node(&who).is_some_and(|n| n.is_on(*channel)) {
@@ -500,7 +500,7 @@ impl Task {
             let (ingest, hops) = match seal(&shared, &roster, &o, now) {
                 Ok(x) => x,
                 Err(why) => {
-                    tracing::warn!(to = %o.to, channel = %o.channel, content = %o.content_type, reason = %why, "feed message not sent");
+                    tracing::warn!(to = %shown(o.channel, &o.to), channel = %o.channel, content = %o.content_type, reason = %why, "feed message not sent");
                     if let Some((feed, sequence)) = &o.update {
                         // Not retried until the feed changes again.
                         lock(&shared.feeds.sent).insert(
@@ -578,12 +578,12 @@ impl Task {
         let rollup = match pb::NationalRollup::decode(r.payload.as_slice()) {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(id = %h.id, origin = %h.origin, error = %e, "feed update does not decode");
+                tracing::warn!(id = %shown(channel, h.id), origin = %shown(channel, &h.origin), %channel, error = %e, "feed update does not decode");
                 return;
             }
         };
         if let Err(why) = check_update(roster, h, &rollup) {
-            tracing::warn!(id = %h.id, origin = %h.origin, feed = %rollup.feed, reason = %why, "feed update not taken");
+            tracing::warn!(id = %shown(channel, h.id), origin = %shown(channel, &h.origin), %channel, feed = %rollup.feed, reason = %why, "feed update not taken");
             return;
         }
         let feed = rollup.feed.clone();
@@ -614,7 +614,7 @@ impl Task {
             _ => return,
         };
         let request = MessageId::from_slice(&a.request_id).ok().map(|i| i.to_string());
-        tracing::info!(feed = %a.feed, aggregator = %r.header.origin, state = state.as_str(), reason = %a.reason, "subscription answered");
+        tracing::info!(feed = %a.feed, aggregator = %shown(channel, &r.header.origin), %channel, state = state.as_str(), reason = %a.reason, "subscription answered");
         self.mark(channel, &a.feed, &r.header.origin, |req| {
             // An answer to an earlier request does not undo a later one.
             let current = request.as_deref().is_none_or(|id| id == req.request_id);

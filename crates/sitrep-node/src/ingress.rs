@@ -23,7 +23,7 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::event::NodeEvent;
 use crate::metrics::{Direction, Event};
-use crate::shared::{ChannelRt, Refused, ReportInput, Shared, lock};
+use crate::shared::{ChannelRt, Refused, ReportInput, Shared, lock, shown};
 
 /// Receipts live at least a day, so they come back after an outage.
 const RECEIPT_MIN_LIFETIME_MS: i64 = 86_400_000;
@@ -42,7 +42,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, channel: Channel) -> Result
         match next {
             None => break,
             Some(Ok(conn)) => {
-                tracing::info!(peer = %conn.peer(), %channel, remote = %conn.remote_address(), "peer connected");
+                tracing::info!(peer = %shown(channel, conn.peer()), %channel, remote = %shown(channel, conn.remote_address()), "peer connected");
                 shared.counters.inc(Event::ConnectionsAccepted);
                 conns.spawn(serve_connection(Arc::clone(&shared), channel, conn));
             }
@@ -98,7 +98,7 @@ async fn read_and_handle(
         }
         Err(NetError::Decode(e)) => (RefuseReason::Malformed, e.clone()),
         Err(e) => {
-            tracing::debug!(peer = %conn.peer(), error = %e, "stream failed");
+            tracing::debug!(peer = %shown(channel, conn.peer()), %channel, error = %e, "stream failed");
             return;
         }
     };
@@ -123,7 +123,7 @@ async fn handle(shared: Arc<Shared>, channel: Channel, conn: PeerConnection, t: 
                 })),
             };
             if let Err(e) = t.respond(&accepted).await {
-                tracing::debug!(peer = %peer, error = %e, "could not answer transfer");
+                tracing::debug!(peer = %shown(channel, &peer), %channel, error = %e, "could not answer transfer");
             }
             return;
         }
@@ -160,7 +160,7 @@ async fn handle(shared: Arc<Shared>, channel: Channel, conn: PeerConnection, t: 
             .await;
         conn.close(close_code::POLICY, &refusal.detail);
     } else if let Err(e) = t.respond(&answer).await {
-        tracing::debug!(peer = %peer, error = %e, "could not answer transfer");
+        tracing::debug!(peer = %shown(channel, &peer), %channel, error = %e, "could not answer transfer");
     }
 }
 
@@ -330,7 +330,7 @@ async fn carry_out(
     if inbox {
         shared.counters.inc(Event::Delivered);
         shared.audit("deliver", Some(h.id), Some(peer), channel, Some(class), "");
-        tracing::info!(id = %h.id, origin = %h.origin, %channel, class = %class, "delivered");
+        tracing::info!(id = %shown(channel, h.id), origin = %shown(channel, &h.origin), %channel, class = %class, "delivered");
         if let Some(input) = for_feeds {
             shared.offer_report(h, channel, input);
         }
@@ -353,7 +353,7 @@ async fn carry_out(
     if let Some((id, recipient)) = receipt_for {
         shared.counters.inc(Event::Receipts);
         shared.audit("receipt", Some(id), Some(&recipient), channel, Some(class), "");
-        tracing::info!(%id, %recipient, "receipt");
+        tracing::info!(id = %shown(channel, id), recipient = %shown(channel, &recipient), %channel, "receipt");
         shared.emit(NodeEvent::Receipt { id, recipient });
     }
     shared.bump();

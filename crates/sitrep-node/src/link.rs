@@ -25,7 +25,7 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::event::NodeEvent;
 use crate::metrics::{Direction, Event};
-use crate::shared::{ChannelRt, Link, Refused, Shared, lock};
+use crate::shared::{ChannelRt, Link, Refused, Shared, lock, shown};
 
 /// 10 s to set up a connection, so a dead address does not stall the link.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,12 +87,12 @@ pub(crate) async fn run(shared: Arc<Shared>, channel: Channel, link: Arc<Link>) 
             r = tokio::time::timeout(CONNECT_TIMEOUT, rt.endpoint.connect(&link.peer, addr)) => match r {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => {
-                    note_error(&link, e.to_string());
+                    note_error(channel, &link, e.to_string());
                     if wait(&shared, &link, backoff.next_delay()).await { return Ok(()); }
                     continue;
                 }
                 Err(_) => {
-                    note_error(&link, format!("connect to {addr} timed out"));
+                    note_error(channel, &link, format!("connect to {addr} timed out"));
                     if wait(&shared, &link, backoff.next_delay()).await { return Ok(()); }
                     continue;
                 }
@@ -106,7 +106,7 @@ pub(crate) async fn run(shared: Arc<Shared>, channel: Channel, link: Arc<Link>) 
             st.rtt = Some(conn.rtt());
             st.last_error = None;
         }
-        tracing::info!(peer = %link.peer, %channel, %addr, "link up");
+        tracing::info!(peer = %shown(channel, &link.peer), %channel, addr = %shown(channel, addr), "link up");
         shared.bump();
         let stop = send_loop(&shared, channel, &link, &conn, generation).await;
         lock(&link.state).connected = false;
@@ -120,8 +120,8 @@ pub(crate) async fn run(shared: Arc<Shared>, channel: Channel, link: Arc<Link>) 
     }
 }
 
-fn note_error(link: &Link, e: String) {
-    tracing::debug!(peer = %link.peer, error = %e, "link down");
+fn note_error(channel: Channel, link: &Link, e: String) {
+    tracing::debug!(peer = %shown(channel, &link.peer), %channel, error = %shown(channel, &e), "link down");
     let mut st = lock(&link.state);
     st.connected = false;
     st.last_error = Some(e);
@@ -198,7 +198,9 @@ async fn send_loop(
                         ));
                     }
                 }
-                Err(e) => tracing::error!(peer = %link.peer, error = %e, "cannot read outbox"),
+                Err(e) => {
+                    tracing::error!(peer = %shown(channel, &link.peer), %channel, error = %e, "cannot read outbox")
+                }
             }
         }
         if lost && tasks.is_empty() {
@@ -310,7 +312,7 @@ async fn commit_custody(
     match rt.store.apply(ops).await {
         Ok(_) => {
             for id in &ids {
-                tracing::debug!(%id, next_hop = %peer, "forwarded");
+                tracing::debug!(id = %shown(channel, id), next_hop = %shown(channel, &peer), %channel, "forwarded");
                 shared.audit("forward", Some(*id), Some(&peer), channel, None, "");
                 shared.counters.inc(Event::Forwarded);
                 shared.emit(NodeEvent::Forwarded {
@@ -377,7 +379,7 @@ async fn send_one(
     let answer = match conn.transfer(&frame, q.precedence.to_proto() as i32).await {
         Ok(a) => a,
         Err(e) => {
-            tracing::debug!(%id, peer = %peer, error = %e, "transfer failed");
+            tracing::debug!(id = %shown(channel, id), peer = %shown(channel, &peer), %channel, error = %e, "transfer failed");
             return (id, Sent::Lost);
         }
     };
@@ -386,7 +388,7 @@ async fn send_one(
         NextHopAnswer::Custody => (id, Sent::Custody),
         NextHopAnswer::Refused(r) => (id, refuse(&shared, rt, &peer, id, r.detail, r.reason).await),
         NextHopAnswer::Retry => {
-            tracing::debug!(%id, peer = %peer, "next hop asks to retry");
+            tracing::debug!(id = %shown(channel, id), peer = %shown(channel, &peer), %channel, "next hop asks to retry");
             (id, Sent::Retry)
         }
         NextHopAnswer::ProtocolError => {

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use sitrep_core::{Channel, MessageId, NodeId, Roster};
 use sitrep_crypto::keyfile;
-use sitrep_net::{ChannelEndpoint, TlsIdentity, TransportLimits};
-use sitrep_store::log::LogConfig;
-use sitrep_store::{DeliveryRecord, HopStats, SledStore, Storage as _, StoreError};
+use sitrep_store::{DeliveryRecord, HopStats, Storage as _, StoreError};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +24,7 @@ use crate::error::{NodeError, RosterUpdateError, SubmitError};
 use crate::event::NodeEvent;
 use crate::metrics::Counters;
 use crate::service::{PeerStatus, Received, Service, Submission};
-use crate::shared::{ChannelRt, Link, PeerGate, RosterCell, Shared, lock};
+use crate::shared::{ChannelRt, PeerGate, RosterCell, Shared, lock};
 
 /// A running node.
 #[derive(Debug)]
@@ -68,65 +66,21 @@ impl Node {
         let roster = Roster::verify(&roster_bytes, &admin, None, now_ms())
             .map_err(|e| cerr("node.roster", e.to_string()))?;
         config.check_against_roster(&roster, &signing.verifying_key(), &hpke.public_key())?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| cerr("node.data_dir", e.to_string()))?;
-        let audit = sitrep_store::audit::AuditLog::open(&config.data_dir.join("audit.log"))
+        sitrep_store::private::create_dir_all(&config.data_dir)
             .map_err(|e| cerr("node.data_dir", e.to_string()))?;
-
         let roster = Arc::new(RosterCell::new(roster));
         let gate = Arc::new(PeerGate {
             peers: config.routes.peers.clone(),
             roster: Arc::clone(&roster),
         });
-        let limits = TransportLimits {
-            max_frame_bytes: config.limits.max_frame_bytes,
-            max_concurrent_streams: config.limits.max_streams,
-            stream_receive_window: TransportLimits::stream_window_for(config.limits.max_frame_bytes),
-            idle_timeout: config.limits.idle_timeout,
-            keep_alive: config.limits.keep_alive,
-            frame_timeout: config.limits.frame_timeout,
-            ..TransportLimits::default()
-        };
         let mut channels = BTreeMap::new();
         let mut cert_not_after = BTreeMap::new();
-        for (channel, c) in &config.channels {
-            cert_not_after.insert(
-                *channel,
-                sitrep_net::certificate_not_after_ms(&c.cert)
-                    .map_err(|e| cerr(&format!("channels.{channel}.cert"), e.to_string()))?,
-            );
-            let identity = TlsIdentity::load(&c.ca, &c.cert, &c.key)?;
-            std::fs::create_dir_all(&c.store)
-                .map_err(|e| cerr(&format!("channels.{channel}.store"), e.to_string()))?;
-            let store = match log_dirs.get(channel) {
-                Some(dir) => SledStore::open_with(&c.store, Arc::clone(dir), LogConfig::default())?,
-                None => SledStore::open(&c.store)?,
-            };
-            let endpoint = ChannelEndpoint::bind(
-                *channel,
-                config.id.clone(),
-                c.listen,
-                &identity,
-                limits,
-                gate.clone(),
-                recorder.clone(),
-            )?;
-            let links = config
-                .peers
-                .iter()
-                .filter(|p| p.channel == *channel)
-                .map(|p| (p.id.clone(), Arc::new(Link::new(p.id.clone(), p.address))))
-                .collect();
-            channels.insert(
-                *channel,
-                ChannelRt {
-                    channel: *channel,
-                    max_class: c.max_class,
-                    store,
-                    dir: c.store.clone(),
-                    endpoint,
-                    links,
-                },
-            );
+        for channel in config.channels.keys() {
+            let log_dir = log_dirs.get(channel).cloned();
+            let (rt, not_after) =
+                ChannelRt::open(&config, *channel, gate.clone(), recorder.clone(), log_dir)?;
+            cert_not_after.insert(*channel, not_after);
+            channels.insert(*channel, rt);
         }
         let (changed, _) = watch::channel(0);
         let (events, _) = broadcast::channel(4096);
@@ -143,7 +97,6 @@ impl Node {
             events,
             cancel: CancellationToken::new(),
             ingress_busy: Mutex::new(HashSet::new()),
-            audit,
             admin,
             roster_path: config.roster.clone(),
             api_addr: Mutex::new(None),
@@ -160,7 +113,9 @@ impl Node {
             }
         }
         tasks.spawn(crate::sweeper::run(Arc::clone(&shared)));
-        tasks.spawn(crate::sweeper::audit_watch(Arc::clone(&shared)));
+        for channel in shared.channels.keys() {
+            tasks.spawn(crate::sweeper::audit_watch(Arc::clone(&shared), *channel));
+        }
         if let Some(api) = &config.api {
             let listener = tokio::net::TcpListener::bind(api.listen)
                 .await
@@ -181,9 +136,11 @@ impl Node {
         })
     }
 
-    #[doc(hidden)] // Fault injection: the audit log's next write fails.
+    #[doc(hidden)] // Fault injection: the audit logs' next write fails.
     pub fn fail_next_audit_write(&self) {
-        self.shared.audit.fail_next_write();
+        for rt in self.shared.channels.values() {
+            rt.audit.fail_next_write();
+        }
     }
 
     /// This node's id.
@@ -361,8 +318,8 @@ impl Node {
         let closed = tokio::task::spawn_blocking(move || {
             for rt in shared.channels.values() {
                 rt.store.close();
+                rt.audit.close();
             }
-            shared.audit.close();
         });
         if let Err(e) = closed.await {
             tracing::error!(error = %e, "closing the stores failed");

@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::error::{RosterUpdateError, SubmitError};
 use crate::event::NodeEvent;
 use crate::metrics::{Counters, Event};
-use crate::shared::{Shared, lock};
+use crate::shared::{Shared, lock, shown};
 
 /// What to send.
 // A submission is built once per report and moved, never stored in bulk:
@@ -270,7 +270,7 @@ impl Service {
             });
         }
         s.bump();
-        tracing::info!(%id, class = %class, precedence = %sub.precedence, recipients = sub.recipients.len(), "submitted");
+        tracing::info!(id = %shown(channel, id), %channel, class = %class, precedence = %sub.precedence, recipients = sub.recipients.len(), "submitted");
         Ok(id)
     }
 
@@ -339,7 +339,7 @@ impl Service {
             }),
             Err(err) => {
                 shared.counters.inc(Event::InboxUnreadable);
-                tracing::warn!(id = %e.id, error = %err, "inbox entry no longer opens");
+                tracing::warn!(id = %shown(channel, e.id), %channel, error = %err, "inbox entry no longer opens");
                 None
             }
         }
@@ -813,9 +813,9 @@ impl Service {
         }
         for rt in self.0.channels.values() {
             rt.store.healthy()?;
-        }
-        if let Some(why) = self.0.audit.failed() {
-            return Err(why);
+            if let Some(why) = rt.audit.failed() {
+                return Err(why);
+            }
         }
         Ok(())
     }

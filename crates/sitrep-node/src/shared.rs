@@ -21,11 +21,33 @@ use sitrep_store::audit::{AuditEntry, AuditLog};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
+use crate::config::{Config, Limits};
+use crate::error::NodeError;
 use sitrep_core::ingress::{Context, RefuseReason};
 
 use crate::event::NodeEvent;
 use crate::metrics::{Counters, Direction};
+
+/// How the process log (stderr, the journal) names a message id or a peer
+/// of `channel`'s traffic: as itself on `open`; on `secure` as `(secure)`.
+/// Who sent what, and when, on the secure channel is written only to that
+/// channel's audit log, on the secure store's volume (docs/security.md).
+pub(crate) fn shown<T: std::fmt::Display>(channel: Channel, v: T) -> Shown<T> {
+    Shown((channel == Channel::Open).then_some(v))
+}
+
+/// A value for the process log, or `(secure)`: see [`shown`].
+#[derive(Debug)]
+pub(crate) struct Shown<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for Shown<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("(secure)"),
+        }
+    }
+}
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -124,6 +146,67 @@ pub(crate) struct ChannelRt {
     pub(crate) dir: std::path::PathBuf,
     pub(crate) endpoint: ChannelEndpoint,
     pub(crate) links: BTreeMap<NodeId, Arc<Link>>,
+    /// The hash-chained audit log of this channel's events (the secure
+    /// channel's lives in its store's directory: [`Config::audit_log`]).
+    pub(crate) audit: AuditLog,
+}
+
+impl ChannelRt {
+    /// Opens `channel` as `config` sets it up: its store (the segment log
+    /// on `log_dir` if given), audit log and endpoint, and a link per peer
+    /// on it. Returns it with its certificate's expiry.
+    ///
+    /// # Errors
+    /// [`NodeError`] naming the config key or the part that fails.
+    pub(crate) fn open(
+        config: &Config,
+        channel: Channel,
+        gate: Arc<dyn PeerPolicy>,
+        recorder: Option<Arc<dyn sitrep_net::FrameRecorder>>,
+        log_dir: Option<Arc<dyn sitrep_store::log::Dir>>,
+    ) -> Result<(Self, i64), NodeError> {
+        let key = |k: &str| format!("channels.{channel}.{k}");
+        let c = config
+            .channels
+            .get(&channel)
+            .ok_or_else(|| NodeError::config(&key("listen"), "not configured".to_owned()))?;
+        let not_after = sitrep_net::certificate_not_after_ms(&c.cert)
+            .map_err(|e| NodeError::config(&key("cert"), e.to_string()))?;
+        let identity = sitrep_net::TlsIdentity::load(&c.ca, &c.cert, &c.key)?;
+        sitrep_store::private::create_dir_all(&c.store)
+            .map_err(|e| NodeError::config(&key("store"), e.to_string()))?;
+        let store = match log_dir {
+            Some(dir) => SledStore::open_with(&c.store, dir, sitrep_store::log::LogConfig::default())?,
+            None => SledStore::open(&c.store)?,
+        };
+        let audit = AuditLog::open(&config.audit_log(channel))
+            .map_err(|e| NodeError::config(&key("store"), format!("audit log: {e}")))?;
+        let endpoint = ChannelEndpoint::bind(
+            channel,
+            config.id.clone(),
+            c.listen,
+            &identity,
+            config.limits.transport(),
+            gate,
+            recorder,
+        )?;
+        let links = config
+            .peers
+            .iter()
+            .filter(|p| p.channel == channel)
+            .map(|p| (p.id.clone(), Arc::new(Link::new(p.id.clone(), p.address))))
+            .collect();
+        let rt = Self {
+            channel,
+            max_class: c.max_class,
+            store,
+            dir: c.store.clone(),
+            endpoint,
+            links,
+            audit,
+        };
+        Ok((rt, not_after))
+    }
 }
 
 /// Everything the tasks share.
@@ -143,8 +226,6 @@ pub(crate) struct Shared {
     /// Ids being handled by an ingress task right now, so a retransmission
     /// racing the first copy waits for its outcome instead of double work.
     pub(crate) ingress_busy: Mutex<HashSet<MessageId>>,
-    /// The hash-chained audit log.
-    pub(crate) audit: AuditLog,
     /// The pinned administrator key and the roster file, for reloads.
     pub(crate) admin: sitrep_crypto::VerifyingKey,
     pub(crate) roster_path: std::path::PathBuf,
@@ -286,10 +367,10 @@ impl Shared {
         self.audit("refuse", r.id, r.peer, r.channel, r.class, &audit_reason);
         match r.id {
             Some(id) => {
-                tracing::warn!(%id, peer = ?r.peer.map(NodeId::as_str), channel = %r.channel, direction = ?r.direction, reason, detail = %r.detail, "refused")
+                tracing::warn!(id = %shown(r.channel, id), peer = ?r.peer.map(|p| shown(r.channel, p).to_string()), channel = %r.channel, direction = ?r.direction, reason, detail = %shown(r.channel, r.detail), "refused")
             }
             None => {
-                tracing::warn!(peer = ?r.peer.map(NodeId::as_str), channel = %r.channel, direction = ?r.direction, reason, detail = %r.detail, "refused")
+                tracing::warn!(peer = ?r.peer.map(|p| shown(r.channel, p).to_string()), channel = %r.channel, direction = ?r.direction, reason, detail = %shown(r.channel, r.detail), "refused")
             }
         }
         self.emit(NodeEvent::Refused {
@@ -309,7 +390,10 @@ impl Shared {
         class: Option<Class>,
         reason: &str,
     ) {
-        self.audit.append(AuditEntry {
+        let Some(rt) = self.channels.get(&channel) else {
+            return;
+        };
+        rt.audit.append(AuditEntry {
             time_ms: crate::clock::now_ms(),
             event,
             id,
@@ -384,4 +468,16 @@ pub(crate) struct ReportInput {
     pub(crate) report: sitrep_proto::v1::SituationReport,
     pub(crate) envelope_sha256: [u8; 32],
     pub(crate) received_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_process_log_names_open_traffic_and_hides_secure() {
+        let peer = NodeId::new("region-uppsala").expect("id");
+        assert_eq!(shown(Channel::Open, &peer).to_string(), "region-uppsala");
+        assert_eq!(shown(Channel::Secure, &peer).to_string(), "(secure)");
+    }
 }

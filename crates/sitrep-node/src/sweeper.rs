@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
+use sitrep_core::Channel;
 use sitrep_store::{Op, Outcome, Storage, StoreError};
 
 use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::event::NodeEvent;
 use crate::metrics::Event;
-use crate::shared::Shared;
+use crate::shared::{Shared, shown};
 
 pub(crate) async fn run(shared: Arc<Shared>) -> Result<(), NodeError> {
     let mut tick = tokio::time::interval(shared.limits.sweep_interval);
@@ -48,7 +49,7 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<(), NodeError> {
                         None,
                         "expired before delivery",
                     );
-                    tracing::info!(%id, channel = %rt.channel, hops = hops.len(), "expired");
+                    tracing::info!(id = %shown(rt.channel, id), channel = %rt.channel, hops = hops.len(), "expired");
                     shared.emit(NodeEvent::Expired { id });
                 }
             }
@@ -59,10 +60,12 @@ pub(crate) async fn run(shared: Arc<Shared>) -> Result<(), NodeError> {
     }
 }
 
-/// Ends with an error (which stops the node) if the audit log stops: a
-/// node that cannot audit must not go on handling traffic.
-pub(crate) async fn audit_watch(shared: Arc<Shared>) -> Result<(), NodeError> {
-    let mut failures = shared.audit.failures();
+/// Ends with an error (which stops the node) if `channel`'s audit log
+/// stops: a node that cannot audit must not go on handling traffic.
+pub(crate) async fn audit_watch(shared: Arc<Shared>, channel: Channel) -> Result<(), NodeError> {
+    let Some(mut failures) = shared.channels.get(&channel).map(|rt| rt.audit.failures()) else {
+        return Ok(());
+    };
     loop {
         if let Some(why) = failures.borrow_and_update().clone() {
             return Err(NodeError::Task(format!("audit: {why}")));

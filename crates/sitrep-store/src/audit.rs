@@ -180,7 +180,12 @@ impl Checkpoint {
         let path = Self::path(log);
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
-        std::fs::write(&tmp, format!("{}\t{}\t{}\n", self.offset, self.seq, self.hash))?;
+        crate::private::file_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?
+            .write_all(format!("{}\t{}\t{}\n", self.offset, self.seq, self.hash).as_bytes())?;
         std::fs::rename(&tmp, &path)
     }
 
@@ -439,7 +444,7 @@ impl AuditLog {
         } else {
             (0, ZERO.to_owned(), Checkpoint::start())
         };
-        let file = OpenOptions::new()
+        let file = crate::private::file_options()
             .create(true)
             .append(true)
             .open(path)

@@ -37,6 +37,7 @@
 pub mod audit;
 mod keys;
 pub mod log;
+pub mod private;
 mod records;
 mod sled_store;
 

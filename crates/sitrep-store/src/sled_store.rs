@@ -507,6 +507,7 @@ impl Storage for SledStore {
 /// tests, a roster-driven restart) waits that long rather than failing.
 /// Another process holding the lock still fails, after [`LOCK_WAIT`].
 fn open_index(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
+    crate::private::create_dir_all(path).map_err(sled::Error::Io)?;
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         let opened = sled::Config::new()

@@ -178,9 +178,10 @@ enum FeedCommand {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of a node's audit log; report the first broken link.
+    /// Check the hash chain of a node's audit logs; report the first broken link.
     Verify {
-        /// The node's config file (the log is `<data_dir>/audit.log`).
+        /// The node's config file (the logs are `<data_dir>/audit.log` for the
+        /// open channel and `audit.log` in the secure channel's store directory).
         #[arg(long)]
         config: PathBuf,
     },
@@ -271,12 +272,15 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             command: AuditCommand::Verify { config },
         } => {
             let config = sitrep_node::Config::load(&config)?;
-            let path = config.data_dir.join("audit.log");
-            let (entries, head) = sitrep_store::audit::verify(&path)?;
-            println!(
-                "audit log {}: {entries} entries, chain intact, head {head}",
-                path.display()
-            );
+            // One log per channel (the secure channel's beside its store).
+            for channel in config.channels.keys() {
+                let path = config.audit_log(*channel);
+                let (entries, head) = sitrep_store::audit::verify(&path)?;
+                println!(
+                    "audit log {} ({channel}): {entries} entries, chain intact, head {head}",
+                    path.display()
+                );
+            }
             Ok(())
         }
         Command::Roster { command } => match command {

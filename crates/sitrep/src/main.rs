@@ -16,6 +16,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 fn main() -> ExitCode {
+    // Everything this process creates is for its user only (`0700`/`0600`),
+    // files that libraries create included (sled's), whatever umask it was
+    // started with; the node's own files ask for these modes anyway.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

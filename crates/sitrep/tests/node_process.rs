@@ -115,7 +115,8 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
 }
 
 /// SIGTERM: the node finishes what it holds, flushes, and exits 0; what it
-/// held in custody is there when it starts again.
+/// held in custody is there when it starts again. Everything it wrote is
+/// `0700`/`0600`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_a_node_down_gracefully() {
     let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
@@ -161,7 +162,38 @@ async fn sigterm_shuts_a_node_down_gracefully() {
     })
     .await
     .expect("delivered");
+    // What the hub process wrote (segments, the sled index, the audit log)
+    // is its user's only, though this test runs under the usual umask.
+    let hub = net.config("nspl-hub");
+    let mut dirs = vec![hub.data_dir.clone()];
+    dirs.extend(hub.channels.values().map(|c| c.store.clone()));
+    let mut checked = 0;
+    for dir in dirs {
+        checked += assert_private(&dir);
+    }
+    assert!(checked > 5, "only {checked} entries under the hub's directories");
     net.shutdown().await;
+}
+
+/// Asserts that `path` and everything under it has no group or other
+/// permission bits; returns how many entries it checked.
+fn assert_private(path: &Path) -> usize {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::symlink_metadata(path).expect("stat");
+    let mode = meta.permissions().mode() & 0o777;
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "{} is {mode:o}: readable by others",
+        path.display()
+    );
+    let mut n = 1;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path).expect("read_dir") {
+            n += assert_private(&e.expect("entry").path());
+        }
+    }
+    n
 }
 
 /// Every accept, forward and delivery lands in each node's audit log, whose

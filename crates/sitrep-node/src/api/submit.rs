@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sitrep_core::envelope::MAX_AUTHOR_BYTES;
 use sitrep_core::report::FieldError;
 use sitrep_core::{Class, Label, Mode, NodeId, Precedence};
 use sitrep_proto::v1 as pb;
@@ -272,6 +273,12 @@ impl SubmitBody {
             .as_ref()
             .and_then(|a| a.decode("author", &mut errors))
             .unwrap_or_default();
+        if author.len() > MAX_AUTHOR_BYTES {
+            errors.push(field(
+                "author",
+                format!("is {} bytes, at most {MAX_AUTHOR_BYTES}", author.len()),
+            ));
+        }
         match (report, label, precedence, mode, recipients) {
             (Some(report), Some(label), Some(precedence), Some(mode), Some(recipients))
                 if errors.is_empty() =>
@@ -403,6 +410,21 @@ mod tests {
                 "report.region_code"
             ]
         );
+    }
+
+    #[test]
+    fn an_author_over_its_limit_is_named() {
+        let mut body = serde_json::json!({
+            "report": {},
+            "label": {"class": "OPEN"},
+            "mode": "EXERCISE",
+            "recipients": ["ok-node"],
+            "author": "x".repeat(MAX_AUTHOR_BYTES + 44),
+        });
+        let got = errors_of(body.clone());
+        assert!(got.contains(&"author".to_owned()), "{got:?}");
+        body["author"] = "x".repeat(MAX_AUTHOR_BYTES).into();
+        assert!(!errors_of(body).contains(&"author".to_owned()));
     }
 
     #[test]

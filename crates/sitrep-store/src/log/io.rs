@@ -98,7 +98,7 @@ impl OsDir {
     pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
         if !path.is_dir() {
-            fs::create_dir_all(&path)?;
+            crate::private::create_dir_all(&path)?;
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 fs::File::open(parent)?.sync_all()?;
             }
@@ -114,7 +114,7 @@ impl OsDir {
 
 impl Dir for OsDir {
     fn create(&self, name: &str) -> io::Result<Box<dyn File>> {
-        let file = fs::OpenOptions::new()
+        let file = crate::private::file_options()
             .read(true)
             .write(true)
             .create_new(true)
