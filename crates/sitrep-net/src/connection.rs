@@ -32,22 +32,29 @@ struct Shared {
     channel: Channel,
     max_frame_bytes: usize,
     frame_timeout: Duration,
-    /// Bytes of incoming frames being read or handled at once on this
-    /// connection (at least one largest frame).
+    /// Bytes of incoming frames being read or handled at once, shared by
+    /// all of the peer's connections on this channel (at least one largest
+    /// frame).
     read_budget: Arc<Semaphore>,
     recorder: Option<Arc<dyn FrameRecorder>>,
     span: tracing::Span,
+    /// For an accepted connection: its place in the peer's count, given
+    /// back when the last clone is dropped.
+    _registration: Option<crate::endpoint::Registration>,
 }
 
 impl PeerConnection {
+    // Only the endpoint's `verify` builds one, from its context.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         conn: quinn::Connection,
         peer: NodeId,
         channel: Channel,
         max_frame_bytes: usize,
         frame_timeout: Duration,
-        read_budget: usize,
+        read_budget: Arc<Semaphore>,
         recorder: Option<Arc<dyn FrameRecorder>>,
+        registration: Option<crate::endpoint::Registration>,
     ) -> Self {
         let span = tracing::info_span!(
             "peer_connection",
@@ -62,15 +69,22 @@ impl PeerConnection {
                 channel,
                 max_frame_bytes,
                 frame_timeout,
-                read_budget: Arc::new(Semaphore::new(
-                    read_budget
-                        .max(max_frame_bytes + PREFIX_LEN)
-                        .min(Semaphore::MAX_PERMITS),
-                )),
+                read_budget,
                 recorder,
                 span,
+                _registration: registration,
             }),
         }
+    }
+
+    /// A raw bidirectional stream, for tests that play a misbehaving peer
+    /// (partial frames, trickled bytes). Nothing in the node uses it.
+    ///
+    /// # Errors
+    /// A connection error if no stream can be opened.
+    #[doc(hidden)]
+    pub async fn open_raw(&self) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        self.conn.open_bi().await.map_err(NetError::from_connection)
     }
 
     /// The authenticated node at the other end.

@@ -1,12 +1,14 @@
 //! One quinn endpoint per channel: listens and dials, and lets a connection carry data
 //! only once its peer is authenticated and allowed on the channel.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sitrep_core::{Channel, NodeId};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
@@ -69,7 +71,8 @@ struct Ctx {
     me: NodeId,
     max_frame_bytes: usize,
     frame_timeout: std::time::Duration,
-    read_budget: usize,
+    max_connections_per_peer: usize,
+    peers: Arc<PeerTable>,
     policy: Arc<dyn PeerPolicy>,
     recorder: Option<Arc<dyn FrameRecorder>>,
 }
@@ -101,6 +104,28 @@ impl ChannelEndpoint {
         policy: Arc<dyn PeerPolicy>,
         recorder: Option<Arc<dyn FrameRecorder>>,
     ) -> Result<Self, NetError> {
+        Self::bind_with_reset_key(channel, me, listen, identity, limits, policy, recorder, None)
+    }
+
+    /// As [`bind`](Self::bind), with the key of the endpoint's QUIC stateless resets.
+    /// Give the same key at every start of a node (it keeps one in its data directory):
+    /// then a restarted node answers the packets of its previous instance's connections
+    /// with resets its peers accept, and they reconnect at once instead of waiting for
+    /// the idle timeout. `None`: a random key, as [`bind`](Self::bind).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bind_with_reset_key(
+        channel: Channel,
+        me: NodeId,
+        listen: SocketAddr,
+        identity: &TlsIdentity,
+        limits: TransportLimits,
+        policy: Arc<dyn PeerPolicy>,
+        recorder: Option<Arc<dyn FrameRecorder>>,
+        reset_key: Option<&[u8; 32]>,
+    ) -> Result<Self, NetError> {
         let transport = limits.transport_config()?;
         let parsed = identity.parse().map_err(|(part, problem)| {
             let part = match part {
@@ -125,17 +150,36 @@ impl ChannelEndpoint {
         let mut client = quinn::ClientConfig::new(Arc::new(tls::client_config(&parsed)?));
         client.transport_config(transport);
 
-        let mut endpoint = quinn::Endpoint::server(server, listen).map_err(|source| NetError::Io {
+        let mut config = quinn::EndpointConfig::default();
+        if let Some(key) = reset_key {
+            config.reset_key(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)));
+            // quinn's default connection ids carry a per-instance hash that a
+            // restarted instance would not recognise (it drops the packet
+            // instead of resetting): plain random ids instead.
+            config.cid_generator(|| Box::new(RandomCids));
+        }
+        let io = |source| NetError::Io {
             what: format!("bind channel {channel} on {listen}"),
             source,
-        })?;
+        };
+        let socket = std::net::UdpSocket::bind(listen).map_err(io)?;
+        let mut endpoint =
+            quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime)).map_err(io)?;
         endpoint.set_default_client_config(client);
         let ctx = Arc::new(Ctx {
             channel,
             me,
             max_frame_bytes: limits.max_frame_bytes,
             frame_timeout: limits.frame_timeout,
-            read_budget: usize::try_from(limits.connection_receive_window).unwrap_or(usize::MAX),
+            max_connections_per_peer: limits.max_connections_per_peer,
+            peers: Arc::new(PeerTable {
+                // At least one largest frame, or a frame could never be read.
+                budget: limits
+                    .peer_read_budget
+                    .max(limits.max_frame_bytes + crate::frame::PREFIX_LEN)
+                    .min(Semaphore::MAX_PERMITS),
+                ..PeerTable::default()
+            }),
             policy,
             recorder,
         });
@@ -174,6 +218,26 @@ impl ChannelEndpoint {
     #[must_use]
     pub fn me(&self) -> &NodeId {
         &self.inner.ctx.me
+    }
+
+    /// What each peer holds here now: its incoming connections and the bytes of
+    /// its frames being read or handled, with the caps (for `/v1/status`).
+    #[must_use]
+    pub fn peer_usage(&self) -> Vec<PeerUsage> {
+        let ctx = &self.inner.ctx;
+        let table = ctx.peers.lock();
+        let mut usage: Vec<PeerUsage> = table
+            .iter()
+            .map(|(peer, e)| PeerUsage {
+                peer: peer.clone(),
+                connections: e.conns.len(),
+                max_connections: ctx.max_connections_per_peer,
+                buffered_bytes: ctx.peers.budget - e.budget.available_permits().min(ctx.peers.budget),
+                max_buffered_bytes: ctx.peers.budget,
+            })
+            .collect();
+        usage.sort_by(|a, b| a.peer.cmp(&b.peer));
+        usage
     }
 
     /// The next incoming connection whose peer is authenticated and allowed.
@@ -349,13 +413,159 @@ fn verify(conn: quinn::Connection, ctx: &Ctx, expected: Option<&NodeId>) -> Resu
     if let Err(reason) = ctx.policy.check(ctx.channel, &node) {
         return Err(refuse(Some(&node), reason));
     }
+    // An accepted connection counts against its peer's cap; dialled ones are ours.
+    let (budget, registration) = if expected.is_none() {
+        let (budget, registration, replaced) = ctx.peers.register(&node, &conn, ctx.max_connections_per_peer);
+        for old in replaced {
+            tracing::info!(peer = %node, cap = ctx.max_connections_per_peer, "a newer connection from the peer replaces its oldest");
+            old.close(
+                close_code::REPLACED.into(),
+                b"replaced by a newer connection from the same peer",
+            );
+        }
+        (budget, Some(registration))
+    } else {
+        (ctx.peers.budget_of(&node), None)
+    };
     Ok(PeerConnection::new(
         conn,
         node,
         ctx.channel,
         ctx.max_frame_bytes,
         ctx.frame_timeout,
-        ctx.read_budget,
+        budget,
         ctx.recorder.clone(),
+        registration,
     ))
+}
+
+/// Random 8-byte connection ids that any instance of the endpoint accepts as
+/// possibly its own, so that a restarted one answers them with a reset.
+#[derive(Debug)]
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut id = [0u8; 8];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).is_err() {
+            // The system's random source failed (never seen): an id must be
+            // unique and hard to guess, not secret; std's hasher keys are random.
+            use std::hash::{BuildHasher as _, Hasher as _};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            id = h.finish().to_le_bytes();
+        }
+        quinn::ConnectionId::new(&id)
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// What one peer holds at an endpoint, against its caps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerUsage {
+    /// The peer.
+    pub peer: NodeId,
+    /// Its incoming connections open now.
+    pub connections: usize,
+    /// `max_connections_per_peer`.
+    pub max_connections: usize,
+    /// Bytes of its frames being read or handled now.
+    pub buffered_bytes: usize,
+    /// `peer_read_budget` (at least one largest frame).
+    pub max_buffered_bytes: usize,
+}
+
+/// Each peer's incoming connections, oldest first, and its read budget.
+#[derive(Debug, Default)]
+pub(crate) struct PeerTable {
+    entries: Mutex<HashMap<NodeId, PeerEntry>>,
+    next: AtomicU64,
+    /// Each peer's budget, bytes.
+    budget: usize,
+}
+
+#[derive(Debug)]
+struct PeerEntry {
+    conns: VecDeque<(u64, quinn::Connection)>,
+    budget: Arc<Semaphore>,
+}
+
+impl PeerTable {
+    fn lock(&self) -> MutexGuard<'_, HashMap<NodeId, PeerEntry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn entry<'a>(&self, table: &'a mut HashMap<NodeId, PeerEntry>, peer: &NodeId) -> &'a mut PeerEntry {
+        table.entry(peer.clone()).or_insert_with(|| PeerEntry {
+            conns: VecDeque::new(),
+            budget: Arc::new(Semaphore::new(self.budget)),
+        })
+    }
+
+    /// The read budget of `peer`'s connections (a dialled connection shares it).
+    fn budget_of(&self, peer: &NodeId) -> Arc<Semaphore> {
+        let mut table = self.lock();
+        Arc::clone(&self.entry(&mut table, peer).budget)
+    }
+
+    /// Counts an accepted connection of `peer`; returns its budget, its
+    /// registration and the oldest connections over `cap`, to close.
+    fn register(
+        self: &Arc<Self>,
+        peer: &NodeId,
+        conn: &quinn::Connection,
+        cap: usize,
+    ) -> (Arc<Semaphore>, Registration, Vec<quinn::Connection>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut table = self.lock();
+        let entry = self.entry(&mut table, peer);
+        entry.conns.push_back((id, conn.clone()));
+        let mut replaced = Vec::new();
+        while entry.conns.len() > cap {
+            if let Some((_, old)) = entry.conns.pop_front() {
+                replaced.push(old);
+            }
+        }
+        let registration = Registration {
+            table: Arc::clone(self),
+            peer: peer.clone(),
+            id,
+        };
+        (Arc::clone(&entry.budget), registration, replaced)
+    }
+}
+
+/// An accepted connection's place in its peer's count; dropped with the
+/// connection's last handle.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    table: Arc<PeerTable>,
+    peer: NodeId,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut table = self.table.lock();
+        if let Some(entry) = table.get_mut(&self.peer) {
+            entry.conns.retain(|(id, _)| *id != self.id);
+            // Forget an idle peer (its budget is whole again once its frames are dropped).
+            if entry.conns.is_empty() && entry.budget.available_permits() >= self.table.budget {
+                table.remove(&self.peer);
+            }
+        }
+    }
 }

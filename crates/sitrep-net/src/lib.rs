@@ -23,11 +23,12 @@ mod limits;
 mod tls;
 
 pub use connection::{IncomingStream, IncomingTransfer, PeerConnection};
-pub use endpoint::{ChannelEndpoint, Direction, FrameRecorder, PeerPolicy};
+pub use endpoint::{ChannelEndpoint, Direction, FrameRecorder, PeerPolicy, PeerUsage};
 pub use error::NetError;
 pub use limits::{
     DEFAULT_CONNECTION_RECEIVE_WINDOW, DEFAULT_FRAME_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE,
-    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SEND_WINDOW, TransportLimits,
+    DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_PEER_READ_BUDGET, DEFAULT_SEND_WINDOW, TransportLimits,
 };
 pub use tls::{ALPN, TlsIdentity, certificate_not_after_ms};
 
@@ -41,6 +42,10 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 2;
     /// The peer broke label policy on this channel (e.g. sent a label above it).
     pub const POLICY: u32 = 3;
+    /// The peer opened more connections than `max_connections_per_peer`:
+    /// its oldest is closed with this code (the newest wins, so a peer
+    /// that restarted is never locked out by its own stale connection).
+    pub const REPLACED: u32 = 4;
 }
 
 /// Stream error codes, sent when we stop reading or reset one transfer stream (the

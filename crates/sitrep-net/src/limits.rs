@@ -18,9 +18,20 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = (4 << 20) + 4096;
 /// throughput targets (DESIGN §10) are measured with.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 
-/// 32 MiB per connection: what one peer can make us buffer across all its streams,
-/// about eight maximal frames in flight.
-pub const DEFAULT_CONNECTION_RECEIVE_WINDOW: u32 = 32 << 20;
+/// 16 MiB per connection: what quinn buffers for one connection ahead of our reading,
+/// about four maximal frames; at 200 ms RTT that still carries 80 MB/s.
+pub const DEFAULT_CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// 2 incoming connections per peer per channel: a peer needs one; the second lets a
+/// restarted peer's new connection in while its old one has not timed out. A third
+/// closes the oldest.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 2;
+
+/// 16 MiB per peer: bytes of incoming frames being read or handled at once, over all of
+/// that peer's connections on the channel (at least one maximal frame is always allowed).
+/// With the receive windows, one peer holds at most
+/// `max_connections_per_peer × connection_receive_window + peer_read_budget` = 48 MiB.
+pub const DEFAULT_PEER_READ_BUDGET: usize = 16 << 20;
 
 /// 32 MiB: how much we keep unacknowledged towards one peer, enough for 64 × 4 KiB
 /// transfers with room for a few large ones, without buffering a whole backlog.
@@ -79,6 +90,12 @@ pub struct TransportLimits {
     /// Bytes we keep in flight unacknowledged towards a peer. Default
     /// [`DEFAULT_SEND_WINDOW`].
     pub send_window: u64,
+    /// Incoming connections one peer may hold at once; one more closes its oldest.
+    /// Default [`DEFAULT_MAX_CONNECTIONS_PER_PEER`].
+    pub max_connections_per_peer: usize,
+    /// Bytes of incoming frames one peer may have us read or handle at once, over all
+    /// its connections. Default [`DEFAULT_PEER_READ_BUDGET`].
+    pub peer_read_budget: usize,
     /// A connection with no traffic for this long is closed. Default
     /// [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
@@ -130,6 +147,12 @@ impl TransportLimits {
         if self.send_window == 0 {
             return bad("send_window", "must be at least 1");
         }
+        if self.max_connections_per_peer == 0 {
+            return bad("max_connections_per_peer", "must be at least 1");
+        }
+        if self.peer_read_budget == 0 {
+            return bad("peer_read_budget", "must be at least 1");
+        }
         if self.idle_timeout.is_zero() || quinn::IdleTimeout::try_from(self.idle_timeout).is_err() {
             return bad("idle_timeout", "must be above zero and below 2^62 ms");
         }
@@ -174,6 +197,8 @@ impl Default for TransportLimits {
             stream_receive_window: Self::stream_window_for(DEFAULT_MAX_FRAME_BYTES),
             connection_receive_window: DEFAULT_CONNECTION_RECEIVE_WINDOW,
             send_window: DEFAULT_SEND_WINDOW,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            peer_read_budget: DEFAULT_PEER_READ_BUDGET,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             keep_alive: DEFAULT_KEEP_ALIVE,
             frame_timeout: DEFAULT_FRAME_TIMEOUT,
@@ -206,7 +231,9 @@ mod tests {
     #[test]
     fn out_of_range_limits_are_refused_by_name() {
         type Breaker = fn(&mut TransportLimits);
-        let cases: [(&str, Breaker); 7] = [
+        let cases: [(&str, Breaker); 9] = [
+            ("max_connections_per_peer", |l| l.max_connections_per_peer = 0),
+            ("peer_read_budget", |l| l.peer_read_budget = 0),
             ("max_frame_bytes", |l| l.max_frame_bytes = 0),
             ("max_concurrent_streams", |l| l.max_concurrent_streams = 0),
             ("stream_receive_window", |l| l.stream_receive_window = 0),

@@ -113,6 +113,13 @@ struct RawApi {
     #[serde(default, with = "humantime_serde")]
     session_ttl: Option<Duration>,
     max_sessions: Option<usize>,
+    max_connections: Option<usize>,
+    max_requests: Option<usize>,
+    max_event_streams: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    header_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    body_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +128,9 @@ struct RawLimits {
     max_frame_bytes: Option<usize>,
     max_streams: Option<u32>,
     max_in_flight: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    peer_buffer_bytes: Option<usize>,
+    connection_window_bytes: Option<u32>,
     hop_limit: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
@@ -245,6 +255,22 @@ pub struct ApiConfig {
     /// Console sessions held at once per role (`api.max_sessions`, default
     /// 256); a sign-in over the cap is refused until one ends or expires.
     pub max_sessions: usize,
+    /// TCP connections served at once (`api.max_connections`); one more
+    /// gets `503` and is closed.
+    pub max_connections: usize,
+    /// Requests handled at once, event streams not counted
+    /// (`api.max_requests`); one more gets `503` with `Retry-After`.
+    pub max_requests: usize,
+    /// Event streams (SSE) open at once (`api.max_event_streams`); one more
+    /// gets `503` with `Retry-After`.
+    pub max_event_streams: usize,
+    /// Longest time for a request's headers to arrive, and for an idle
+    /// kept-alive connection to send its next request
+    /// (`api.header_timeout`); then the connection is closed.
+    pub header_timeout: Duration,
+    /// Longest time for a request's body to arrive (`api.body_timeout`);
+    /// then `408`.
+    pub body_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -252,6 +278,18 @@ impl ApiConfig {
     pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
     /// Default `api.max_sessions`.
     pub const DEFAULT_MAX_SESSIONS: usize = 256;
+    /// Default `api.max_connections`: a control room's browsers and
+    /// scripts with room to spare; each costs a task and its buffers.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+    /// Default `api.max_requests`: a submit holds up to 8 MiB of body, so
+    /// 64 of them bound the bodies in memory to 512 MiB at worst.
+    pub const DEFAULT_MAX_REQUESTS: usize = 64;
+    /// Default `api.max_event_streams`.
+    pub const DEFAULT_MAX_EVENT_STREAMS: usize = 64;
+    /// Default `api.header_timeout`.
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default `api.body_timeout`: 8 MiB at ≈ 2.2 Mbit/s.
+    pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -261,6 +299,11 @@ impl std::fmt::Debug for ApiConfig {
             .field("roles", &self.tokens.iter().map(|(_, r)| r).collect::<Vec<_>>())
             .field("session_ttl", &self.session_ttl)
             .field("max_sessions", &self.max_sessions)
+            .field("max_connections", &self.max_connections)
+            .field("max_requests", &self.max_requests)
+            .field("max_event_streams", &self.max_event_streams)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -274,6 +317,16 @@ pub struct Limits {
     pub max_streams: u32,
     /// Transfers in flight per next hop.
     pub max_in_flight: usize,
+    /// Incoming connections one peer may hold per channel; one more closes
+    /// its oldest.
+    pub max_connections_per_peer: usize,
+    /// Bytes of one peer's incoming frames read or handled at once per
+    /// channel, over all its connections; more waits (QUIC flow control
+    /// holds the peer back).
+    pub peer_buffer_bytes: usize,
+    /// Bytes quinn buffers per connection ahead of our reading (the QUIC
+    /// connection receive window).
+    pub connection_window_bytes: u32,
     /// Hops before a message is refused as looping.
     pub hop_limit: u32,
     /// QUIC idle timeout.
@@ -305,6 +358,9 @@ impl Default for Limits {
             max_streams: 128,
             // 64 in flight per next hop keeps a 1 ms RTT link full at ~60k msg/s.
             max_in_flight: 64,
+            max_connections_per_peer: sitrep_net::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            peer_buffer_bytes: sitrep_net::DEFAULT_PEER_READ_BUDGET,
+            connection_window_bytes: sitrep_net::DEFAULT_CONNECTION_RECEIVE_WINDOW,
             hop_limit: DEFAULT_HOP_LIMIT,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
@@ -326,6 +382,9 @@ impl Limits {
             max_frame_bytes: self.max_frame_bytes,
             max_concurrent_streams: self.max_streams,
             stream_receive_window: sitrep_net::TransportLimits::stream_window_for(self.max_frame_bytes),
+            connection_receive_window: self.connection_window_bytes,
+            max_connections_per_peer: self.max_connections_per_peer,
+            peer_read_budget: self.peer_buffer_bytes,
             idle_timeout: self.idle_timeout,
             keep_alive: self.keep_alive,
             frame_timeout: self.frame_timeout,
@@ -521,15 +580,47 @@ impl Config {
                     }
                     t => t.unwrap_or(ApiConfig::DEFAULT_SESSION_TTL),
                 };
-                let max_sessions = match a.max_sessions {
-                    Some(0) => return Err(err("api.max_sessions", "must be at least 1")),
-                    m => m.unwrap_or(ApiConfig::DEFAULT_MAX_SESSIONS),
+                let at_least_one = |key: &str, v: Option<usize>, default: usize| match v {
+                    Some(0) => Err(err(format!("api.{key}"), "must be at least 1")),
+                    v => Ok(v.unwrap_or(default)),
+                };
+                let timeout = |key: &str, v: Option<Duration>, default: Duration| match v {
+                    Some(t) if t.is_zero() || t > Duration::from_secs(3600) => Err(err(
+                        format!("api.{key}"),
+                        "must be more than zero and at most 1 h",
+                    )),
+                    v => Ok(v.unwrap_or(default)),
                 };
                 Some(ApiConfig {
                     listen,
                     tokens,
                     session_ttl,
-                    max_sessions,
+                    max_sessions: at_least_one(
+                        "max_sessions",
+                        a.max_sessions,
+                        ApiConfig::DEFAULT_MAX_SESSIONS,
+                    )?,
+                    max_connections: at_least_one(
+                        "max_connections",
+                        a.max_connections,
+                        ApiConfig::DEFAULT_MAX_CONNECTIONS,
+                    )?,
+                    max_requests: at_least_one(
+                        "max_requests",
+                        a.max_requests,
+                        ApiConfig::DEFAULT_MAX_REQUESTS,
+                    )?,
+                    max_event_streams: at_least_one(
+                        "max_event_streams",
+                        a.max_event_streams,
+                        ApiConfig::DEFAULT_MAX_EVENT_STREAMS,
+                    )?,
+                    header_timeout: timeout(
+                        "header_timeout",
+                        a.header_timeout,
+                        ApiConfig::DEFAULT_HEADER_TIMEOUT,
+                    )?,
+                    body_timeout: timeout("body_timeout", a.body_timeout, ApiConfig::DEFAULT_BODY_TIMEOUT)?,
                 })
             }
         };
@@ -546,6 +637,9 @@ impl Config {
             max_frame_bytes: l.max_frame_bytes.unwrap_or(d.max_frame_bytes),
             max_streams: l.max_streams.unwrap_or(d.max_streams),
             max_in_flight: l.max_in_flight.unwrap_or(d.max_in_flight),
+            max_connections_per_peer: l.max_connections_per_peer.unwrap_or(d.max_connections_per_peer),
+            peer_buffer_bytes: l.peer_buffer_bytes.unwrap_or(d.peer_buffer_bytes),
+            connection_window_bytes: l.connection_window_bytes.unwrap_or(d.connection_window_bytes),
             hop_limit: l.hop_limit.unwrap_or(d.hop_limit),
             idle_timeout: positive("idle_timeout", l.idle_timeout, d.idle_timeout)?,
             keep_alive: positive("keep_alive", l.keep_alive, d.keep_alive)?,
@@ -558,6 +652,18 @@ impl Config {
         };
         if limits.max_frame_bytes < 1024 || limits.max_frame_bytes > 64 * 1024 * 1024 {
             return Err(err("limits.max_frame_bytes", "must be between 1 KiB and 64 MiB"));
+        }
+        if limits.max_connections_per_peer == 0 || limits.max_connections_per_peer > 64 {
+            return Err(err("limits.max_connections_per_peer", "must be between 1 and 64"));
+        }
+        if limits.peer_buffer_bytes < limits.max_frame_bytes + 4 {
+            return Err(err(
+                "limits.peer_buffer_bytes",
+                "must hold at least one largest frame (limits.max_frame_bytes + 4)",
+            ));
+        }
+        if limits.connection_window_bytes < 64 * 1024 {
+            return Err(err("limits.connection_window_bytes", "must be at least 64 KiB"));
         }
         if limits.max_streams == 0 || limits.max_in_flight == 0 || limits.hop_limit == 0 {
             return Err(err(

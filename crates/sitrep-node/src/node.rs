@@ -73,12 +73,19 @@ impl Node {
             peers: config.routes.peers.clone(),
             roster: Arc::clone(&roster),
         });
+        let reset_key = crate::shared::reset_key(&config.data_dir)?;
         let mut channels = BTreeMap::new();
         let mut cert_not_after = BTreeMap::new();
         for channel in config.channels.keys() {
             let log_dir = log_dirs.get(channel).cloned();
-            let (rt, not_after) =
-                ChannelRt::open(&config, *channel, gate.clone(), recorder.clone(), log_dir)?;
+            let (rt, not_after) = ChannelRt::open(
+                &config,
+                *channel,
+                gate.clone(),
+                recorder.clone(),
+                log_dir,
+                &reset_key,
+            )?;
             cert_not_after.insert(*channel, not_after);
             channels.insert(*channel, rt);
         }

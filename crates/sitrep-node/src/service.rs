@@ -148,6 +148,8 @@ pub(crate) struct StatusSnapshot {
     pub(crate) outboxes: Vec<(Channel, HopStats)>,
     pub(crate) stores: Vec<StoreStatus>,
     pub(crate) feeds: Vec<FeedSummary>,
+    /// What each peer holds at each channel's endpoint, against its caps.
+    pub(crate) peer_usage: Vec<(Channel, sitrep_net::PeerUsage)>,
 }
 
 /// One channel store, as status shows it.
@@ -801,6 +803,12 @@ impl Service {
                 })
                 .collect(),
             feeds: self.feeds(),
+            peer_usage: self
+                .0
+                .channels
+                .iter()
+                .flat_map(|(c, rt)| rt.endpoint.peer_usage().into_iter().map(|u| (*c, u)))
+                .collect(),
         }
     }
 

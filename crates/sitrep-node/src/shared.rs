@@ -151,6 +151,42 @@ pub(crate) struct ChannelRt {
     pub(crate) audit: AuditLog,
 }
 
+/// The key of this node's QUIC stateless resets, the same at every start
+/// (`<data_dir>/quic-reset.key`, 32 random bytes made at the first start,
+/// `0600`): a restarted node resets its previous instance's connections, so
+/// its peers reconnect on their next packet instead of after the idle
+/// timeout. Whoever reads it can forge resets of this node's connections
+/// (a denial of service, nothing more): it is as private as the data
+/// directory.
+///
+/// # Errors
+/// [`NodeError`] naming `node.data_dir` if the file cannot be read or made,
+/// or is not 32 bytes.
+pub(crate) fn reset_key(data_dir: &std::path::Path) -> Result<[u8; 32], NodeError> {
+    use std::io::Write as _;
+    let path = data_dir.join("quic-reset.key");
+    let fail = |e: String| NodeError::config("node.data_dir", format!("{}: {e}", path.display()));
+    match std::fs::read(&path) {
+        Ok(bytes) => bytes
+            .try_into()
+            .map_err(|b: Vec<u8>| fail(format!("{} bytes, not 32; delete it to make a new one", b.len()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            let mut f = sitrep_store::private::file_options()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| fail(e.to_string()))?;
+            f.write_all(&key)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
 impl ChannelRt {
     /// Opens `channel` as `config` sets it up: its store (the segment log
     /// on `log_dir` if given), audit log and endpoint, and a link per peer
@@ -164,6 +200,7 @@ impl ChannelRt {
         gate: Arc<dyn PeerPolicy>,
         recorder: Option<Arc<dyn sitrep_net::FrameRecorder>>,
         log_dir: Option<Arc<dyn sitrep_store::log::Dir>>,
+        reset_key: &[u8; 32],
     ) -> Result<(Self, i64), NodeError> {
         let key = |k: &str| format!("channels.{channel}.{k}");
         let c = config
@@ -181,7 +218,7 @@ impl ChannelRt {
         };
         let audit = AuditLog::open(&config.audit_log(channel))
             .map_err(|e| NodeError::config(&key("store"), format!("audit log: {e}")))?;
-        let endpoint = ChannelEndpoint::bind(
+        let endpoint = ChannelEndpoint::bind_with_reset_key(
             channel,
             config.id.clone(),
             c.listen,
@@ -189,6 +226,7 @@ impl ChannelRt {
             config.limits.transport(),
             gate,
             recorder,
+            Some(reset_key),
         )?;
         let links = config
             .peers

@@ -340,3 +340,96 @@ async fn a_report_acknowledged_with_202_survives_kill_9() {
     assert!(text.contains("QUEUED"), "{text}");
     net.shutdown().await;
 }
+
+/// A hub killed with SIGKILL and started again on the same addresses is
+/// sent to again within 5 s: it keeps its QUIC stateless-reset key in its
+/// data directory, so the region's first packet on the dead instance's
+/// connection is answered with a reset the region accepts, and the link
+/// reconnects at once instead of waiting out the 30 s idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_the_same_address_is_sent_to_again_within_seconds() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
+    let mut net = TestNet::prepare(&line());
+    net.start_node("socialstyrelsen").await;
+    net.start_node("region-uppsala").await;
+    net.spawn_child("nspl-hub", bin);
+    let submit = |i: u32| {
+        let mut report = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
+        report.report_number = i;
+        Submission {
+            author: "TiB".into(),
+            label: Label::new(Class::Sensitive),
+            precedence: Precedence::Flash,
+            mode: Mode::Exercise,
+            recipients: vec![n("socialstyrelsen")],
+            expires_ms: None,
+            content: Content::Report(report),
+        }
+    };
+    let arrived = |net: &TestNet, id: MessageId| {
+        net.node("socialstyrelsen")
+            .inbox(Channel::Open, 0, 100)
+            .expect("inbox")
+            .iter()
+            .any(|r| r.header.id == id)
+    };
+    let first = net
+        .node("region-uppsala")
+        .submit(submit(1))
+        .await
+        .expect("submit");
+    wait_until(net.node("socialstyrelsen"), LONG, "the first report", || {
+        arrived(&net, first)
+    })
+    .await
+    .expect("delivered");
+
+    // Pin the hub's listen addresses to the ones it has, then kill it and
+    // start it again there: its peers keep pointing at the same address.
+    let before: Vec<_> = [Channel::Open, Channel::Secure]
+        .map(|c| (c, net.addr("nspl-hub", c).expect("bound")))
+        .into();
+    let path = net.config_path("nspl-hub");
+    let mut doc: toml::Table = std::fs::read_to_string(&path)
+        .expect("read")
+        .parse()
+        .expect("toml");
+    for (c, a) in &before {
+        doc["channels"][c.as_str()]
+            .as_table_mut()
+            .expect("channel table")
+            .insert("listen".into(), a.to_string().into());
+    }
+    std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write");
+    net.kill_child("nspl-hub");
+    net.spawn_child("nspl-hub", bin);
+    for (c, a) in &before {
+        assert_eq!(
+            net.addr("nspl-hub", *c),
+            Some(*a),
+            "restarted on the same {c} address"
+        );
+    }
+
+    let start = std::time::Instant::now();
+    let second = net
+        .node("region-uppsala")
+        .submit(submit(2))
+        .await
+        .expect("submit");
+    wait_until(
+        net.node("socialstyrelsen"),
+        LONG,
+        "the report after the restart",
+        || arrived(&net, second),
+    )
+    .await
+    .expect("delivered after the restart");
+    let took = start.elapsed();
+    println!("delivered through the restarted hub {took:?} after submitting");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: the peers waited for the idle timeout"
+    );
+    net.shutdown().await;
+}

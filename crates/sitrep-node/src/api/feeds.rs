@@ -184,10 +184,14 @@ pub(super) async fn events(
     if state.service.feed_after(&name, 0).is_none() {
         return Err(no_feed(&name));
     }
+    let slot = Arc::clone(&state.usage.event_streams)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::busy("too many event streams open at this API; retry shortly"))?;
     let rx = state.service.feed_updates();
     // A stream opened with a console session ends with it (expiry or sign-out).
     let session = super::session::Bound::of(&state, &headers);
     let start = Follow {
+        _slot: slot,
         session,
         service: state.service.clone(),
         cancel: state.cancel.clone(),
@@ -234,6 +238,8 @@ pub(super) async fn events(
 
 /// Where one event stream stands.
 struct Follow {
+    /// Its place among `api.max_event_streams`, held while it is open.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     /// The console session it was opened with, if any.
     session: Option<super::session::Bound>,
     service: crate::service::Service,

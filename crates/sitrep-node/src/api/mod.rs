@@ -22,6 +22,8 @@ mod region;
 #[allow(unused_qualifications)]
 mod reporting;
 #[allow(unused_qualifications)]
+mod server;
+#[allow(unused_qualifications)]
 mod session;
 #[allow(unused_qualifications)]
 mod status;
@@ -69,6 +71,10 @@ struct ApiState {
     /// only: a report's clear text is never written outside its sealed
     /// envelope.
     last_report: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+    /// Connections, requests and event streams held, against their caps.
+    usage: Arc<server::Usage>,
+    /// `api.body_timeout`.
+    body_timeout: Duration,
 }
 
 #[derive(OpenApi)]
@@ -140,6 +146,8 @@ pub(crate) async fn serve(
     let openapi = serde_json::to_vec(&doc)
         .map_err(|e| NodeError::Task(format!("HTTP API: cannot serialize the OpenAPI document: {e}")))?;
     let state = ApiState {
+        usage: server::Usage::new(&api),
+        body_timeout: api.body_timeout,
         history: history::start(service.clone(), cancel.clone()),
         sessions: session::Sessions::new(api.session_ttl, api.max_sessions),
         last_report: Arc::default(),
@@ -157,16 +165,14 @@ pub(crate) async fn serve(
         .route("/", axum::routing::get(console::index))
         .route("/console/{file}", axum::routing::get(console::asset))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), server::admit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             session::guard,
         ))
-        .with_state(state);
+        .with_state(state.clone());
     tracing::info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .map_err(|e| NodeError::Task(format!("HTTP API: {e}")))
+    server::run(listener, app, &api, Arc::clone(&state.usage), cancel).await
 }
 
 /// `GET /v1/openapi.json`: this description.
@@ -201,6 +207,8 @@ struct ApiError {
     status: StatusCode,
     error: String,
     errors: Vec<FieldError>,
+    /// Send `Retry-After: 1` (a cap that frees up soon).
+    retry_soon: bool,
 }
 
 impl ApiError {
@@ -209,6 +217,7 @@ impl ApiError {
             status,
             error: error.into(),
             errors: Vec::new(),
+            retry_soon: false,
         }
     }
 
@@ -218,6 +227,15 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             error: format!("{} invalid field(s)", errors.len()),
             errors,
+            retry_soon: false,
+        }
+    }
+
+    /// `503` with `Retry-After: 1`: a cap is reached.
+    fn busy(why: &str) -> Self {
+        Self {
+            retry_soon: true,
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, why)
         }
     }
 
@@ -239,7 +257,12 @@ impl IntoResponse for ApiError {
                 })
                 .collect(),
         };
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.retry_soon {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
@@ -254,33 +277,40 @@ fn field(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
 /// console session signed in with one (the guard has checked a session's
 /// state changes for CSRF already).
 fn authorize(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
-    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
-    let wrong_role = || {
-        ApiError::new(
+    if caller_role(state, headers)? == role {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("this token's role may not do this; it needs the {role:?} role"),
-        )
-    };
+        ))
+    }
+}
+
+/// The caller's role: from a bearer token, or from a console session when
+/// there is no `Authorization` header. `401` if neither is valid.
+fn caller_role(state: &ApiState, headers: &HeaderMap) -> Result<Role, ApiError> {
     if !headers.contains_key(header::AUTHORIZATION)
         && let Some(id) = session::cookie(headers)
     {
         return match state.sessions.lookup(id, crate::clock::now_ms()) {
-            session::Lookup::Valid(s) if s.role == role => Ok(()),
-            session::Lookup::Valid(_) => Err(wrong_role()),
+            session::Lookup::Valid(s) => Ok(s.role),
             l => Err(session::not_signed_in(&l)),
         };
     }
+    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "missing or unknown bearer token");
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
     let digest = sitrep_crypto::sha256(token.trim().as_bytes());
-    match state.tokens.iter().find(|(d, _)| *d == digest) {
-        None => Err(unauthorized()),
-        Some((_, r)) if *r == role => Ok(()),
-        Some(_) => Err(wrong_role()),
-    }
+    state
+        .tokens
+        .iter()
+        .find(|(d, _)| *d == digest)
+        .map(|(_, r)| *r)
+        .ok_or_else(unauthorized)
 }
 
 /// RFC 3339 with milliseconds, UTC.

@@ -115,10 +115,50 @@ pub(super) struct StatusDocument {
     stores: Vec<StoreView>,
     /// Feeds built or received here.
     feeds: Vec<FeedView>,
+    /// How close each cap is: the HTTP API's, and each peer's at each
+    /// channel endpoint.
+    limits: LimitsView,
+}
+
+/// A count against its cap.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct Use {
+    used: usize,
+    max: usize,
+}
+
+impl Use {
+    pub(super) fn new(used: usize, max: usize) -> Self {
+        Self { used, max }
+    }
+}
+
+/// Caps in use.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LimitsView {
+    /// TCP connections to the API (`api.max_connections`).
+    api_connections: Use,
+    /// Requests being handled (`api.max_requests`).
+    api_requests: Use,
+    /// Event streams open (`api.max_event_streams`).
+    api_event_streams: Use,
+    /// Per channel and peer: incoming connections
+    /// (`limits.max_connections_per_peer`) and bytes of its frames held
+    /// (`limits.peer_buffer_bytes`).
+    peers: Vec<PeerLimitView>,
+}
+
+/// One peer's use of its caps at one channel's endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+struct PeerLimitView {
+    channel: String,
+    peer: String,
+    connections: Use,
+    buffered_bytes: Use,
 }
 
 impl StatusDocument {
-    fn new(s: &StatusSnapshot, counters: &Counters) -> Self {
+    fn new(s: &StatusSnapshot, counters: &Counters, usage: &super::server::Usage) -> Self {
         let now = s.now_ms;
         Self {
             node: s.node.to_string(),
@@ -192,6 +232,27 @@ impl StatusDocument {
                     update_lag_s: f.lag_ms as f64 / 1000.0,
                 })
                 .collect(),
+            limits: LimitsView {
+                api_connections: usage.connections(),
+                api_requests: usage.requests(),
+                api_event_streams: usage.event_streams(),
+                peers: s
+                    .peer_usage
+                    .iter()
+                    .map(|(c, u)| PeerLimitView {
+                        channel: c.as_str().to_owned(),
+                        peer: u.peer.to_string(),
+                        connections: Use {
+                            used: u.connections,
+                            max: u.max_connections,
+                        },
+                        buffered_bytes: Use {
+                            used: u.buffered_bytes,
+                            max: u.max_buffered_bytes,
+                        },
+                    })
+                    .collect(),
+            },
         }
     }
 }
@@ -212,6 +273,7 @@ pub(super) async fn status(
     Ok(Json(StatusDocument::new(
         &state.service.status(),
         state.service.counters(),
+        &state.usage,
     )))
 }
 

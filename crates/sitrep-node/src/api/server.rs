@@ -1,0 +1,217 @@
+//! The HTTP server under the API, with its resources bounded (DESIGN §5
+//! property 8): at most `api.max_connections` TCP connections, each served
+//! as HTTP/1.1 with a header timeout (which also closes a kept-alive
+//! connection that sends nothing); at most `api.max_requests` requests in
+//! handling; a body read only after the caller's credential is checked, up
+//! to its limit and within `api.body_timeout`.
+//!
+//! Over a cap the answer is `503` with `Retry-After` (a connection over
+//! `max_connections` gets it written raw and is closed), a body over its
+//! limit `413` (from its `Content-Length`, before a byte of it is read), a
+//! body that does not arrive in time `408`.
+//!
+//! Not here: who may do what (`authorize`, the session guard).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{ApiError, ApiState, MAX_BODY};
+use crate::config::ApiConfig;
+use crate::error::NodeError;
+
+/// The largest body of a sign-in (`{"token": "..."}`).
+const MAX_SIGN_IN_BODY: usize = 4096;
+
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 64 * 1024;
+
+/// How long open connections get to finish when the node stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// How long the raw `503` to a connection over the cap may take to write.
+const REFUSE_WRITE: Duration = Duration::from_secs(1);
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
+Content-Length: 58\r\nConnection: close\r\n\r\n{\"error\":\"too many connections to this API; retry shortly\"}";
+
+/// What the server holds at once, against the caps (for `/v1/status`).
+#[derive(Debug)]
+pub(super) struct Usage {
+    pub(super) connections: Arc<Semaphore>,
+    pub(super) requests: Arc<Semaphore>,
+    pub(super) event_streams: Arc<Semaphore>,
+    caps: (usize, usize, usize),
+}
+
+impl Usage {
+    pub(super) fn new(api: &ApiConfig) -> Arc<Self> {
+        Arc::new(Self {
+            connections: Arc::new(Semaphore::new(api.max_connections)),
+            requests: Arc::new(Semaphore::new(api.max_requests)),
+            event_streams: Arc::new(Semaphore::new(api.max_event_streams)),
+            caps: (api.max_connections, api.max_requests, api.max_event_streams),
+        })
+    }
+
+    fn of(s: &Semaphore, max: usize) -> super::status::Use {
+        super::status::Use::new(max.saturating_sub(s.available_permits()), max)
+    }
+
+    pub(super) fn connections(&self) -> super::status::Use {
+        Self::of(&self.connections, self.caps.0)
+    }
+
+    pub(super) fn requests(&self) -> super::status::Use {
+        Self::of(&self.requests, self.caps.1)
+    }
+
+    pub(super) fn event_streams(&self) -> super::status::Use {
+        Self::of(&self.event_streams, self.caps.2)
+    }
+}
+
+/// Serves `app` on `listener` until `cancel`; then lets open connections
+/// finish for a few seconds.
+pub(super) async fn run(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    api: &ApiConfig,
+    usage: Arc<Usage>,
+    cancel: CancellationToken,
+) -> Result<(), NodeError> {
+    let (stop, _) = watch::channel(());
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, _remote) = tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, most likely: the next accept
+                    // would fail the same way at once, so pause briefly.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&usage.connections).try_acquire_owned() else {
+            conns.spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(REFUSE_WRITE, stream.write_all(BUSY)).await;
+            });
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut stopped = stop.subscribe();
+        let header_timeout = api.header_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "HTTP connection ended");
+                    }
+                }
+                _ = stopped.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(stop);
+    if tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        conns.abort_all();
+    }
+    Ok(())
+}
+
+/// Admits a request: a slot among `api.max_requests`, then, for a request
+/// with a body, the caller's credential checked before the body is read,
+/// and the body read whole within its limit and `api.body_timeout`.
+pub(super) async fn admit(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let Ok(_slot) = Arc::clone(&state.usage.requests).try_acquire_owned() else {
+        return ApiError::busy("too many requests in progress at this API; retry shortly").into_response();
+    };
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let sign_in = req.uri().path() == "/v1/session" && req.method() == Method::POST;
+    // The credential first: nobody without one makes us hold a body.
+    if !sign_in && let Err(e) = super::caller_role(&state, req.headers()) {
+        return e.into_response();
+    }
+    let limit = if sign_in { MAX_SIGN_IN_BODY } else { MAX_BODY };
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )
+        .into_response()
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = match tokio::time::timeout(state.body_timeout, read).await {
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body did not arrive within {}",
+                    humantime::format_duration(state.body_timeout)
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(e)) if is_length_limit(&e) => return too_large(),
+        Ok(Err(e)) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))
+                .into_response();
+        }
+        Ok(Ok(b)) => b,
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Whether reading a body failed on its length limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
