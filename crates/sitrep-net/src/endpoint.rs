@@ -425,7 +425,9 @@ fn verify(conn: quinn::Connection, ctx: &Ctx, expected: Option<&NodeId>) -> Resu
         }
         (budget, Some(registration))
     } else {
-        (ctx.peers.budget_of(&node), None)
+        // Nothing in the node reads transfers on a connection it dialled;
+        // one that does gets a budget of its own.
+        (Arc::new(Semaphore::new(ctx.peers.budget)), None)
     };
     Ok(PeerConnection::new(
         conn,
@@ -508,19 +510,6 @@ impl PeerTable {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn entry<'a>(&self, table: &'a mut HashMap<NodeId, PeerEntry>, peer: &NodeId) -> &'a mut PeerEntry {
-        table.entry(peer.clone()).or_insert_with(|| PeerEntry {
-            conns: VecDeque::new(),
-            budget: Arc::new(Semaphore::new(self.budget)),
-        })
-    }
-
-    /// The read budget of `peer`'s connections (a dialled connection shares it).
-    fn budget_of(&self, peer: &NodeId) -> Arc<Semaphore> {
-        let mut table = self.lock();
-        Arc::clone(&self.entry(&mut table, peer).budget)
-    }
-
     /// Counts an accepted connection of `peer`; returns its budget, its
     /// registration and the oldest connections over `cap`, to close.
     fn register(
@@ -531,7 +520,10 @@ impl PeerTable {
     ) -> (Arc<Semaphore>, Registration, Vec<quinn::Connection>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut table = self.lock();
-        let entry = self.entry(&mut table, peer);
+        let entry = table.entry(peer.clone()).or_insert_with(|| PeerEntry {
+            conns: VecDeque::new(),
+            budget: Arc::new(Semaphore::new(self.budget)),
+        });
         entry.conns.push_back((id, conn.clone()));
         let mut replaced = Vec::new();
         while entry.conns.len() > cap {

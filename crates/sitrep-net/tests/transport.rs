@@ -556,6 +556,48 @@ async fn an_unanswered_transfer_resets_the_stream() -> anyhow::Result<()> {
     .await
 }
 
+/// A peer's third connection (the default cap is 2) closes its oldest with
+/// `REPLACED`; the newer two stay usable, and the endpoint counts two.
+#[tokio::test]
+async fn a_connection_over_the_per_peer_cap_replaces_the_oldest() -> anyhow::Result<()> {
+    guarded(async {
+        let (_ca, a, b) = pair()?;
+        let addr = b.local_addr()?;
+        let mut held = Vec::new();
+        let mut dialled = Vec::new();
+        for _ in 0..3 {
+            dialled.push(a.connect(&node("b"), addr).await?);
+            held.push(accept_ok(&b).await?);
+        }
+        match dialled[0].closed().await {
+            NetError::ClosedByPeer { code, .. } => assert_eq!(code, u64::from(close_code::REPLACED)),
+            other => bail!("expected ClosedByPeer REPLACED, got {other:?}"),
+        }
+        let usage = b.peer_usage();
+        ensure!(usage.len() == 1 && usage[0].peer.as_str() == "a", "{usage:?}");
+        ensure!(
+            usage[0].connections == 2 && usage[0].max_connections == 2,
+            "{usage:?}"
+        );
+        ensure!(usage[0].buffered_bytes == 0, "{usage:?}");
+        for (conn, server) in dialled[1..].iter().zip(&held[1..]) {
+            let s = server.clone();
+            let answer = tokio::spawn(async move {
+                let t = s.accept_transfer().await?.context("a transfer")?;
+                t.respond(&accepted(1)).await?;
+                anyhow::Ok(())
+            });
+            ensure!(conn.transfer(&transfer(64), 0).await? == accepted(1));
+            answer.await??;
+        }
+        // The replaced connection's handles go: the count stays at two.
+        drop(held.remove(0));
+        ensure!(b.peer_usage()[0].connections == 2, "{:?}", b.peer_usage());
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn shutdown_closes_connections_and_stops_accepting() -> anyhow::Result<()> {
     guarded(async {

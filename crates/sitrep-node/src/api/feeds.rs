@@ -184,8 +184,10 @@ pub(super) async fn events(
     if state.service.feed_after(&name, 0).is_none() {
         return Err(no_feed(&name));
     }
-    let slot = Arc::clone(&state.usage.event_streams)
-        .try_acquire_owned()
+    let slot = state
+        .usage
+        .event_streams
+        .take()
         .map_err(|_| ApiError::busy("too many event streams open at this API; retry shortly"))?;
     let rx = state.service.feed_updates();
     // A stream opened with a console session ends with it (expiry or sign-out).

@@ -22,8 +22,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -40,45 +39,62 @@ const MAX_HEAD: usize = 64 * 1024;
 /// How long open connections get to finish when the node stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
-/// How long the raw `503` to a connection over the cap may take to write.
-const REFUSE_WRITE: Duration = Duration::from_secs(1);
+/// The body of the raw `503` to a connection over the cap.
+const BUSY_BODY: &str = r#"{"error":"too many connections to this API; retry shortly"}"#;
 
-const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
-Content-Length: 58\r\nConnection: close\r\n\r\n{\"error\":\"too many connections to this API; retry shortly\"}";
+/// The whole raw `503` answer, head and body.
+fn busy_answer() -> String {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BUSY_BODY}",
+        BUSY_BODY.len()
+    )
+}
 
-/// What the server holds at once, against the caps (for `/v1/status`).
+/// One cap: places taken and given back, and how many there are.
+#[derive(Debug)]
+pub(super) struct Cap {
+    places: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Cap {
+    fn new(max: usize) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A place, held until the permit is dropped; `Err` if none is free.
+    pub(super) fn take(&self) -> Result<OwnedSemaphorePermit, TryAcquireError> {
+        Arc::clone(&self.places).try_acquire_owned()
+    }
+
+    /// Places taken, of the maximum.
+    pub(super) fn used(&self) -> super::status::Use {
+        super::status::Use::new(self.max.saturating_sub(self.places.available_permits()), self.max)
+    }
+}
+
+/// What the server holds at once, against its caps (shown in `/v1/status`).
 #[derive(Debug)]
 pub(super) struct Usage {
-    pub(super) connections: Arc<Semaphore>,
-    pub(super) requests: Arc<Semaphore>,
-    pub(super) event_streams: Arc<Semaphore>,
-    caps: (usize, usize, usize),
+    /// `api.max_connections`.
+    pub(super) connections: Cap,
+    /// `api.max_requests`.
+    pub(super) requests: Cap,
+    /// `api.max_event_streams`.
+    pub(super) event_streams: Cap,
 }
 
 impl Usage {
     pub(super) fn new(api: &ApiConfig) -> Arc<Self> {
         Arc::new(Self {
-            connections: Arc::new(Semaphore::new(api.max_connections)),
-            requests: Arc::new(Semaphore::new(api.max_requests)),
-            event_streams: Arc::new(Semaphore::new(api.max_event_streams)),
-            caps: (api.max_connections, api.max_requests, api.max_event_streams),
+            connections: Cap::new(api.max_connections),
+            requests: Cap::new(api.max_requests),
+            event_streams: Cap::new(api.max_event_streams),
         })
-    }
-
-    fn of(s: &Semaphore, max: usize) -> super::status::Use {
-        super::status::Use::new(max.saturating_sub(s.available_permits()), max)
-    }
-
-    pub(super) fn connections(&self) -> super::status::Use {
-        Self::of(&self.connections, self.caps.0)
-    }
-
-    pub(super) fn requests(&self) -> super::status::Use {
-        Self::of(&self.requests, self.caps.1)
-    }
-
-    pub(super) fn event_streams(&self) -> super::status::Use {
-        Self::of(&self.event_streams, self.caps.2)
     }
 }
 
@@ -108,11 +124,10 @@ pub(super) async fn run(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&usage.connections).try_acquire_owned() else {
-            conns.spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(REFUSE_WRITE, stream.write_all(BUSY)).await;
-            });
+        let Ok(permit) = usage.connections.take() else {
+            // One non-blocking write into the socket's empty send buffer,
+            // then closed: a flood over the cap costs no task and no wait.
+            let _ = stream.try_write(busy_answer().as_bytes());
             continue;
         };
         let service = TowerToHyperService::new(app.clone());
@@ -154,7 +169,7 @@ pub(super) async fn run(
 /// with a body, the caller's credential checked before the body is read,
 /// and the body read whole within its limit and `api.body_timeout`.
 pub(super) async fn admit(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let Ok(_slot) = Arc::clone(&state.usage.requests).try_acquire_owned() else {
+    let Ok(_slot) = state.usage.requests.take() else {
         return ApiError::busy("too many requests in progress at this API; retry shortly").into_response();
     };
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {

@@ -233,9 +233,9 @@ impl StatusDocument {
                 })
                 .collect(),
             limits: LimitsView {
-                api_connections: usage.connections(),
-                api_requests: usage.requests(),
-                api_event_streams: usage.event_streams(),
+                api_connections: usage.connections.used(),
+                api_requests: usage.requests.used(),
+                api_event_streams: usage.event_streams.used(),
                 peers: s
                     .peer_usage
                     .iter()
