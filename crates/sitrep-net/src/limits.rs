@@ -18,9 +18,10 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = (4 << 20) + 4096;
 /// throughput targets (DESIGN §10) are measured with.
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 128;
 
-/// 16 MiB per connection: what quinn buffers for one connection ahead of our reading,
-/// about four maximal frames; at 200 ms RTT that still carries 80 MB/s.
-pub const DEFAULT_CONNECTION_RECEIVE_WINDOW: u32 = 16 << 20;
+/// 8 MiB per connection: what quinn buffers for one connection ahead of our reading,
+/// two maximal frames; at 200 ms RTT that still carries 40 MB/s, four times what the
+/// throughput target (DESIGN §10) needs.
+pub const DEFAULT_CONNECTION_RECEIVE_WINDOW: u32 = 8 << 20;
 
 /// 2 incoming connections per peer per channel: a peer needs one; the second lets a
 /// restarted peer's new connection in while its old one has not timed out. A third
@@ -30,7 +31,7 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 2;
 /// 16 MiB per peer: bytes of incoming frames being read or handled at once, over all of
 /// that peer's connections on the channel (at least one maximal frame is always allowed).
 /// With the receive windows, one peer holds at most
-/// `max_connections_per_peer × connection_receive_window + peer_read_budget` = 48 MiB.
+/// `max_connections_per_peer × connection_receive_window + peer_read_budget` = 32 MiB.
 pub const DEFAULT_PEER_READ_BUDGET: usize = 16 << 20;
 
 /// 32 MiB: how much we keep unacknowledged towards one peer, enough for 64 × 4 KiB

@@ -21,11 +21,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sitrep_core::{Channel, Class, NodeId, Roster};
+use sitrep_core::{Channel, Class, Label, MessageId, Mode, NodeId, Precedence, Roster};
 use sitrep_crypto::{HpkeSecretKey, SigningKey, keyfile};
 use sitrep_devpki::{Topology, TopologyChannel, TopologyNode};
 use sitrep_net::{ChannelEndpoint, FrameRecorder, PeerPolicy, TlsIdentity, TransportLimits};
-use sitrep_node::{Config, Node};
+use sitrep_node::{Config, Content, Node, Submission};
 
 /// How one node of a test network looks.
 #[derive(Debug, Clone)]
@@ -633,4 +633,38 @@ pub async fn wait_until(
             }
         }
     }
+}
+
+/// Region Uppsala's example report number `number`, SENSITIVE, in exercise
+/// mode, at `precedence`, to `recipient`.
+///
+/// # Panics
+/// If `recipient` is not a valid node id.
+#[must_use]
+#[allow(clippy::expect_used)]
+pub fn report_to(recipient: &str, number: u32, precedence: Precedence) -> Submission {
+    let mut report = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
+    report.report_number = number;
+    Submission {
+        author: "TiB".into(),
+        label: Label::new(Class::Sensitive),
+        precedence,
+        mode: Mode::Exercise,
+        recipients: vec![NodeId::new(recipient).expect("a valid node id")],
+        expires_ms: None,
+        content: Content::Report(report),
+    }
+}
+
+/// Whether every recipient of `id`, sent from `node`, has its receipt back.
+///
+/// # Panics
+/// If the node's store cannot be read.
+#[must_use]
+#[allow(clippy::expect_used)]
+pub fn all_delivered(node: &Node, id: &MessageId) -> bool {
+    node.delivery(id)
+        .expect("delivery states")
+        .iter()
+        .all(|d| d.state == sitrep_store::DeliveryState::Delivered)
 }

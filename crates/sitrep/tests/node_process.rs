@@ -11,17 +11,12 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use sitrep_core::{Channel, Class, Label, MessageId, Mode, NodeId, Precedence};
-use sitrep_node::{Content, Submission};
+use sitrep_core::{Channel, MessageId, Precedence};
 use sitrep_store::DeliveryState;
-use sitrep_testkit::{TestNet, line, wait_until};
+use sitrep_testkit::{TestNet, all_delivered, line, report_to, wait_until};
 
 const N: usize = 2000;
 const LONG: Duration = Duration::from_secs(180);
-
-fn n(s: &str) -> NodeId {
-    NodeId::new(s).expect("valid id")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
@@ -39,22 +34,12 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
             .expect("inbox")
             .len()
     };
-    let now = sitrep_node::clock::now_ms();
     let submit_all = async {
         let mut submitted = HashSet::new();
         for i in 0..N {
-            let mut report = sitrep_core::report::example_uppsala(now);
-            report.report_number = u32::try_from(i + 1).expect("small");
+            let number = u32::try_from(i + 1).expect("small");
             let id = region
-                .submit(Submission {
-                    author: "TiB".into(),
-                    label: Label::new(Class::Sensitive),
-                    precedence: Precedence::Routine,
-                    mode: Mode::Exercise,
-                    recipients: vec![n("socialstyrelsen")],
-                    expires_ms: None,
-                    content: Content::Report(report),
-                })
+                .submit(report_to("socialstyrelsen", number, Precedence::Routine))
                 .await
                 .expect("submit");
             submitted.insert(id);
@@ -101,13 +86,7 @@ async fn killing_the_hub_mid_flight_loses_nothing_and_duplicates_nothing() {
 
     let region = net.node("region-uppsala");
     wait_until(region, LONG, "every receipt back at the region", || {
-        submitted.iter().all(|id| {
-            region
-                .delivery(id)
-                .expect("delivery")
-                .iter()
-                .all(|d| d.state == DeliveryState::Delivered)
-        })
+        submitted.iter().all(|id| all_delivered(region, id))
     })
     .await
     .expect("receipts");
@@ -126,15 +105,7 @@ async fn sigterm_shuts_a_node_down_gracefully() {
     // The authority is down: the hub keeps the report in custody.
     let id = net
         .node("region-uppsala")
-        .submit(Submission {
-            author: "TiB".into(),
-            label: Label::new(Class::Sensitive),
-            precedence: Precedence::Flash,
-            mode: Mode::Exercise,
-            recipients: vec![n("socialstyrelsen")],
-            expires_ms: None,
-            content: Content::Report(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms())),
-        })
+        .submit(report_to("socialstyrelsen", 1, Precedence::Flash))
         .await
         .expect("submit");
     let region = net.node("region-uppsala");
@@ -203,27 +174,13 @@ async fn the_audit_log_records_traffic_and_finds_tampering() {
     let mut net = TestNet::start(&line()).await;
     let id = net
         .node("region-uppsala")
-        .submit(Submission {
-            author: "TiB".into(),
-            label: Label::new(Class::Sensitive),
-            precedence: Precedence::Routine,
-            mode: Mode::Exercise,
-            recipients: vec![n("socialstyrelsen")],
-            expires_ms: None,
-            content: Content::Report(sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms())),
-        })
+        .submit(report_to("socialstyrelsen", 1, Precedence::Routine))
         .await
         .expect("submit");
     let region = net.node("region-uppsala");
-    wait_until(region, LONG, "the receipt", || {
-        region
-            .delivery(&id)
-            .expect("delivery")
-            .iter()
-            .all(|d| d.state == DeliveryState::Delivered)
-    })
-    .await
-    .expect("delivered");
+    wait_until(region, LONG, "the receipt", || all_delivered(region, &id))
+        .await
+        .expect("delivered");
     for node in ["region-uppsala", "nspl-hub", "socialstyrelsen"] {
         net.stop(node).await;
     }
@@ -353,19 +310,7 @@ async fn a_node_restarted_on_the_same_address_is_sent_to_again_within_seconds() 
     net.start_node("socialstyrelsen").await;
     net.start_node("region-uppsala").await;
     net.spawn_child("nspl-hub", bin);
-    let submit = |i: u32| {
-        let mut report = sitrep_core::report::example_uppsala(sitrep_node::clock::now_ms());
-        report.report_number = i;
-        Submission {
-            author: "TiB".into(),
-            label: Label::new(Class::Sensitive),
-            precedence: Precedence::Flash,
-            mode: Mode::Exercise,
-            recipients: vec![n("socialstyrelsen")],
-            expires_ms: None,
-            content: Content::Report(report),
-        }
-    };
+    let submit = |i: u32| report_to("socialstyrelsen", i, Precedence::Flash);
     let arrived = |net: &TestNet, id: MessageId| {
         net.node("socialstyrelsen")
             .inbox(Channel::Open, 0, 100)
