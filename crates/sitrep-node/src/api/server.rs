@@ -175,12 +175,14 @@ pub(super) async fn admit(State(state): State<ApiState>, req: Request, next: Nex
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
-    let sign_in = req.uri().path() == "/v1/session" && req.method() == Method::POST;
+    // Signing in is how a credential is got, and signing out needs none
+    // (it answers 204 either way): their bodies are small and capped.
+    let session = req.uri().path() == "/v1/session";
     // The credential first: nobody without one makes us hold a body.
-    if !sign_in && let Err(e) = super::caller_role(&state, req.headers()) {
+    if !session && let Err(e) = super::caller_role(&state, req.headers()) {
         return e.into_response();
     }
-    let limit = if sign_in { MAX_SIGN_IN_BODY } else { MAX_BODY };
+    let limit = if session { MAX_SIGN_IN_BODY } else { MAX_BODY };
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
