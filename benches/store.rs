@@ -45,6 +45,7 @@ async fn report(store: Arc<SledStore>, seq: u64) {
         }],
         inbox: false,
         track: vec![authority.clone()],
+        submission: None,
     });
     store.apply(vec![ingest]).await.expect("ingest");
     let forwarded = Op::Forwarded {
@@ -186,6 +187,7 @@ async fn backlog(store: Arc<SledStore>, seq: u64) {
         }],
         inbox: false,
         track: Vec::new(),
+        submission: None,
     });
     store.apply(vec![ingest]).await.expect("ingest");
 }

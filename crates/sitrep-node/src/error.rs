@@ -7,7 +7,7 @@
 use sitrep_core::envelope;
 use sitrep_core::report::FieldError;
 use sitrep_core::routing::RouteError;
-use sitrep_core::{PolicyError, RosterError};
+use sitrep_core::{MessageId, PolicyError, RosterError};
 use sitrep_store::StoreError;
 
 use crate::config::ConfigError;
@@ -67,6 +67,12 @@ pub enum SubmitError {
     /// The store failed; retry.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The idempotency key was used before for a different request, which
+    /// stored message `0`. Nothing was stored.
+    #[error(
+        "this Idempotency-Key was used before for a different request (message {0}); use a new key for a new report"
+    )]
+    KeyReused(MessageId),
 }
 
 /// Why a new roster was not taken.

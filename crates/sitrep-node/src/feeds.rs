@@ -782,6 +782,7 @@ fn seal(shared: &Shared, roster: &Roster, o: &Outgoing, now: i64) -> Result<(Ing
             copies: Copy::per_hop(plan.copies),
             inbox: plan.local,
             track: recipients,
+            submission: None,
         },
         hops,
     ))

@@ -293,6 +293,7 @@ async fn carry_out(
                     copies: Copy::per_hop(copies),
                     inbox: false,
                     track: Vec::new(),
+                    submission: None,
                 }));
             }
         }
@@ -317,6 +318,7 @@ async fn carry_out(
             copies: Copy::per_hop(accepted.copies),
             inbox,
             track: Vec::new(),
+            submission: None,
         }),
     );
     match rt.store.apply(ops).await {

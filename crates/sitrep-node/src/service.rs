@@ -18,7 +18,7 @@ use sitrep_core::{
     Channel, Class, ContentType, Label, MessageId, Mode, NodeId, PolicyError, Precedence, Roster,
 };
 use sitrep_proto::v1 as pb;
-use sitrep_store::{Copy, DeliveryRecord, HopStats, Ingest, Op, Storage, StoreError};
+use sitrep_store::{Copy, DeliveryRecord, HopStats, Ingest, Op, Storage, StoreError, SubmissionKey};
 
 use crate::clock::now_ms;
 use crate::error::{RosterUpdateError, SubmitError};
@@ -60,6 +60,16 @@ pub struct Submission {
     pub expires_ms: Option<i64>,
     /// The payload.
     pub content: Content,
+}
+
+/// A submission's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Submitted {
+    /// The message.
+    pub(crate) id: MessageId,
+    /// It was stored by an earlier request with the same idempotency key;
+    /// this one stored nothing.
+    pub(crate) replayed: bool,
 }
 
 /// A message in the inbox, opened.
@@ -177,6 +187,18 @@ impl Service {
 
     /// Seals and queues a message; returns its id once durable.
     pub(crate) async fn submit(&self, sub: Submission) -> Result<MessageId, SubmitError> {
+        self.submit_keyed(sub, None).await.map(|s| s.id)
+    }
+
+    /// [`Service::submit`] with a client's idempotency key: when `key` was
+    /// used before, nothing is stored and the answer is the first message's
+    /// id ([`Submitted::replayed`]), or [`SubmitError::KeyReused`] when the
+    /// first request was a different one.
+    pub(crate) async fn submit_keyed(
+        &self,
+        sub: Submission,
+        key: Option<SubmissionKey>,
+    ) -> Result<Submitted, SubmitError> {
         let s = &*self.0;
         let now = now_ms();
         let (content_type, payload) = match &sub.content {
@@ -259,8 +281,20 @@ impl Service {
             copies: Copy::per_hop(plan.copies.clone()),
             inbox: plan.local,
             track: sub.recipients.iter().filter(|r| **r != s.id).cloned().collect(),
+            submission: key,
         };
-        ch.store.apply(vec![Op::Ingest(ingest)]).await?;
+        match ch.store.apply(vec![Op::Ingest(ingest)]).await {
+            Ok(_) => {}
+            Err(StoreError::Resubmitted {
+                id,
+                same_request: true,
+            }) => {
+                tracing::info!(id = %shown(channel, id), "a retried submission answered with its first message");
+                return Ok(Submitted { id, replayed: true });
+            }
+            Err(StoreError::Resubmitted { id, .. }) => return Err(SubmitError::KeyReused(id)),
+            Err(e) => return Err(e.into()),
+        }
         s.counters.inc(Event::Submitted);
         s.audit("submit", Some(id), None, channel, Some(class), "");
         s.wake_links(channel, plan.copies.keys());
@@ -273,7 +307,7 @@ impl Service {
         }
         s.bump();
         tracing::info!(id = %shown(channel, id), %channel, class = %class, precedence = %sub.precedence, recipients = sub.recipients.len(), "submitted");
-        Ok(id)
+        Ok(Submitted { id, replayed: false })
     }
 
     /// Delivery state per recipient of a message originated here.

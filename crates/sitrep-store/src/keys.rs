@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `m` | id | message record (envelope position, refs, expiry, its copies' hops and outbox sequences) |
 //! | `o` | hop 0x00 (255 - precedence) seq | outbox copy (send order) |
-//! | `d` | id | dedup: retain-until ms |
+//! | `d` | id | dedup: retain-until ms, then the submission key if any |
+//! | `k` | submission key (32) | id (16), request digest (32) |
 //! | `D` | retain-until id | () (dedup expiry index) |
 //! | `x` | expires id | () (message expiry index) |
 //! | `t` | expires id | () (deliveries tracked at the origin, still open at expiry) |
@@ -43,6 +44,10 @@ pub(crate) fn hop_of_outbox(key: &[u8]) -> Option<NodeId> {
 
 pub(crate) fn dedup(id: &MessageId) -> Vec<u8> {
     [b"d", &id.as_bytes()[..]].concat()
+}
+
+pub(crate) fn submission(key: &[u8; 32]) -> Vec<u8> {
+    [&b"k"[..], &key[..]].concat()
 }
 
 pub(crate) fn dedup_expiry(retain_until_ms: i64, id: &MessageId) -> Vec<u8> {

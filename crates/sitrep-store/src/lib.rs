@@ -11,7 +11,9 @@
 //!   expiry so a replay is refused also after a restart;
 //! - **inbox**: envelopes delivered here, under a monotonic cursor (kept
 //!   sealed: they are opened when read);
-//! - **delivery states**: per (message, recipient), at the origin.
+//! - **delivery states**: per (message, recipient), at the origin;
+//! - **submission keys**: a client's idempotency key per message submitted
+//!   here, kept as long as the message's dedup entry.
 //!
 //! Writes go through [`Storage::apply`] as a list of [`Op`]s that belong
 //! together and are applied atomically. A single writer thread owns all
@@ -57,6 +59,15 @@ pub enum StoreError {
     /// message already in custody). Nothing was written.
     #[error("message {0} was seen before")]
     Duplicate(MessageId),
+    /// The submission's idempotency key was used before, for message `id`.
+    /// Nothing was written.
+    #[error("this submission's key was used before, for message {id}")]
+    Resubmitted {
+        /// The message stored under the key the first time.
+        id: MessageId,
+        /// Whether the first request was the same as this one.
+        same_request: bool,
+    },
     /// The database failed (I/O, disk full, corruption). Nothing of the job
     /// is acknowledged; the caller must not ack upstream.
     #[error("store {path}: {source}")]
@@ -159,6 +170,21 @@ pub struct Ingest {
     pub inbox: bool,
     /// Track delivery per recipient (at the origin): each starts `QUEUED`.
     pub track: Vec<NodeId>,
+    /// At the origin, the client's idempotency key for this submission: a
+    /// later ingest with the same key stores nothing and fails with
+    /// [`StoreError::Resubmitted`] naming this message. Kept as long as the
+    /// message's dedup entry.
+    pub submission: Option<SubmissionKey>,
+}
+
+/// A client's idempotency key for one submission, as the store keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmissionKey {
+    /// A digest of the key as the client sent it (and whatever scopes it).
+    pub key: [u8; 32],
+    /// A digest of the request it came with, to tell a retry of the same
+    /// request from a different request reusing the key.
+    pub request: [u8; 32],
 }
 
 /// A write. A job is a list of these, applied atomically.

@@ -205,6 +205,12 @@ pub(crate) struct OpPb {
     /// entry its cursor again (0 in records that predate the field).
     #[prost(uint64, tag = "13")]
     pub(crate) cursor: u64,
+    /// `INGEST` at the origin: the submission's key and request digests
+    /// (both 32 bytes), or empty.
+    #[prost(bytes = "vec", tag = "14")]
+    pub(crate) submission_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "15")]
+    pub(crate) submission_request: Vec<u8>,
 }
 
 /// One [`crate::Copy`].

@@ -22,7 +22,7 @@ use crate::records::{
 };
 use crate::{
     BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued,
-    Result, Storage, StoreError,
+    Result, Storage, StoreError, SubmissionKey,
 };
 
 /// 7 days past expiry: dedup entries must outlive a message so that a
@@ -906,6 +906,8 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 inbox: i.inbox,
                 track: strings(&i.track),
                 cursor: cursors.get(n).copied().unwrap_or(0),
+                submission_key: i.submission.map(|s| s.key.to_vec()).unwrap_or_default(),
+                submission_request: i.submission.map(|s| s.request.to_vec()).unwrap_or_default(),
                 ..OpPb::default()
             },
             Op::Forwarded { id, next_hop, now_ms } => OpPb {
@@ -985,6 +987,8 @@ fn decode_job(pos: Position, payload: &[u8]) -> Result<(Vec<Op>, Vec<u64>)> {
                         .collect::<Result<_>>()?,
                     inbox: op.inbox,
                     track: nodes(&op.track)?,
+                    submission: submission_of(&op.submission_key, &op.submission_request)
+                        .map_err(|()| corrupt("a submission key that is not two digests".into()))?,
                     envelope: op.envelope,
                 }),
                 op_kind::FORWARDED => Op::Forwarded {
@@ -1009,6 +1013,17 @@ fn decode_job(pos: Position, payload: &[u8]) -> Result<(Vec<Op>, Vec<u64>)> {
         })
         .collect::<Result<_>>()?;
     Ok((ops, cursors))
+}
+
+/// A submission key from its stored digests (both empty: none).
+fn submission_of(key: &[u8], request: &[u8]) -> std::result::Result<Option<SubmissionKey>, ()> {
+    if key.is_empty() && request.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SubmissionKey {
+        key: key.try_into().map_err(|_| ())?,
+        request: request.try_into().map_err(|_| ())?,
+    }))
 }
 
 /// The envelope of message `id` in the job record `payload`.
@@ -1374,7 +1389,26 @@ fn ingest(tx: &mut Tx<'_>, i: &Ingest, counters: &mut Counters, recorded_cursor:
         return Err(StoreError::Duplicate(i.id));
     }
     let retain_until = i.expires_ms.saturating_add(DEDUP_RETENTION_MS);
-    tx.put(dk, retain_until.to_be_bytes().to_vec());
+    let mut dedup = retain_until.to_be_bytes().to_vec();
+    if let Some(s) = &i.submission {
+        let sk = keys::submission(&s.key);
+        if let Some(v) = tx.get(&sk)? {
+            let first = v.get(..16).and_then(|b| MessageId::from_slice(b).ok());
+            let (Some(id), Some(request)) = (first, v.get(16..48)) else {
+                return Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&sk).escape_default().to_string(),
+                    detail: format!("a submission key record of {} bytes", v.len()),
+                });
+            };
+            return Err(StoreError::Resubmitted {
+                id,
+                same_request: request == s.request,
+            });
+        }
+        tx.put(sk, [&i.id.as_bytes()[..], &s.request[..]].concat());
+        dedup.extend_from_slice(&s.key);
+    }
+    tx.put(dk, dedup);
     tx.put(keys::dedup_expiry(retain_until, &i.id), Vec::new());
     let bytes = i.envelope.len() as u64;
     if !i.copies.is_empty() {
@@ -1602,7 +1636,14 @@ fn expire_due(tx: &mut Tx<'_>, now_ms: i64) -> Result<Outcome> {
     let due = tx.range_keys(b"D", &upto, MAX_EXPIRE_PER_SWEEP)?;
     for dk in due {
         if let Some(id) = keys::trailing_id(&dk) {
-            tx.del(keys::dedup(&id));
+            let d = keys::dedup(&id);
+            // The submission key goes with the dedup entry.
+            if let Some(key) = tx.get(&d)?.and_then(|v| v.get(8..40).map(<[u8]>::to_vec))
+                && let Ok(key) = <[u8; 32]>::try_from(key.as_slice())
+            {
+                tx.del(keys::submission(&key));
+            }
+            tx.del(d);
         }
         tx.del(dk);
     }
@@ -1634,9 +1675,10 @@ mod tests {
                 proptest::collection::vec((node(), proptest::collection::vec(node(), 0..3)), 0..3),
                 any::<bool>(),
                 proptest::collection::vec(node(), 0..3),
+                proptest::option::of((any::<[u8; 32]>(), any::<[u8; 32]>())),
             )
                 .prop_map(
-                    |(id, envelope, expires_ms, now_ms, hop_count, copies, inbox, track)| {
+                    |(id, envelope, expires_ms, now_ms, hop_count, copies, inbox, track, submission)| {
                         Op::Ingest(Ingest {
                             id,
                             envelope,
@@ -1650,6 +1692,7 @@ mod tests {
                                 .collect(),
                             inbox,
                             track,
+                            submission: submission.map(|(key, request)| SubmissionKey { key, request }),
                         })
                     }
                 ),

@@ -58,6 +58,7 @@ fn ingest_op(id: MessageId, hops: &[&str], inbox: bool, track: &[&str], expires_
             .collect(),
         inbox,
         track: track.iter().map(|t| n(t)).collect(),
+        submission: None,
     })
 }
 

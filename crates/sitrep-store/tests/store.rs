@@ -3,6 +3,7 @@
 use sitrep_core::{MessageId, NodeId, Precedence};
 use sitrep_store::{
     Copy, DEDUP_RETENTION_MS, DeliveryState, Ingest, Op, Outcome, SledStore, Storage, StoreError,
+    SubmissionKey,
 };
 
 const NOW: i64 = 1_790_000_000_000;
@@ -32,6 +33,7 @@ fn ingest(id: MessageId, precedence: Precedence, hops: &[&str], track: &[&str]) 
             .collect(),
         inbox: false,
         track: track.iter().map(|t| n(t)).collect(),
+        submission: None,
     })
 }
 
@@ -98,6 +100,63 @@ fn a_duplicate_is_refused_and_changes_nothing_also_after_restart() {
     .expect("forwarded");
     assert!(ids(&s, "msb").is_empty());
     assert!(s.seen(&mid(1)).expect("seen"));
+    s.close();
+}
+
+/// An ingest at the origin carrying a client's submission key.
+fn keyed(id: MessageId, key: u8, request: u8) -> Op {
+    let Op::Ingest(mut i) = ingest(id, Precedence::Routine, &["msb"], &["msb"]) else {
+        unreachable!("ingest builds an Ingest");
+    };
+    i.submission = Some(SubmissionKey {
+        key: [key; 32],
+        request: [request; 32],
+    });
+    Op::Ingest(i)
+}
+
+#[test]
+fn a_submission_key_is_answered_with_its_first_message_and_stores_nothing_new() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = SledStore::open(dir.path()).expect("open");
+        s.apply_blocking(vec![keyed(mid(1), 7, 1)])
+            .expect("first submission");
+        // A retry (new id, same key, same request).
+        match s.apply_blocking(vec![keyed(mid(2), 7, 1)]) {
+            Err(StoreError::Resubmitted { id, same_request }) => {
+                assert_eq!(id, mid(1));
+                assert!(same_request);
+            }
+            other => panic!("a retry must name the first message, got {other:?}"),
+        }
+        assert!(!s.seen(&mid(2)).expect("seen"), "the retry stored nothing");
+        assert_eq!(ids(&s, "msb"), vec![mid(1)]);
+        assert!(s.delivery(&mid(2)).expect("delivery").is_empty());
+        // Another key is another submission.
+        s.apply_blocking(vec![keyed(mid(3), 8, 1)]).expect("another key");
+        s.close();
+    }
+    // After a restart the key still answers, and a different request under
+    // it is told apart.
+    let s = SledStore::open(dir.path()).expect("reopen");
+    match s.apply_blocking(vec![keyed(mid(4), 7, 2)]) {
+        Err(StoreError::Resubmitted { id, same_request }) => {
+            assert_eq!(id, mid(1));
+            assert!(!same_request);
+        }
+        other => panic!("the key must survive a restart, got {other:?}"),
+    }
+    assert!(!s.seen(&mid(4)).expect("seen"));
+    assert_eq!(ids(&s, "msb"), vec![mid(1), mid(3)]);
+    // The key is forgotten with the message's dedup entry.
+    s.apply_blocking(vec![Op::ExpireDue {
+        now_ms: NOW + 60_000 + DEDUP_RETENTION_MS + 1,
+    }])
+    .expect("expire");
+    assert!(!s.seen(&mid(1)).expect("seen"));
+    s.apply_blocking(vec![keyed(mid(5), 7, 1)])
+        .expect("the key is free again once its message is forgotten");
     s.close();
 }
 
@@ -269,6 +328,7 @@ fn inbox_cursor_is_monotonic_across_restarts() {
             copies: vec![],
             inbox: true,
             track: vec![],
+            submission: None,
         })
     };
     {

@@ -95,6 +95,15 @@ enum ReportCommand {
         /// How long --wait waits.
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// The submission's Idempotency-Key (default: a new random one, shown
+        /// if the submission has to be retried). Rerunning with the key of a
+        /// submission that was cut off stores nothing twice.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// How long to keep retrying (same key) while the node cannot be
+        /// reached, cuts the connection before answering, or is busy.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        retry_for: std::time::Duration,
         #[command(flatten)]
         api: crate::client::ApiArgs,
     },
@@ -243,9 +252,20 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
                     file,
                     wait,
                     timeout,
+                    idempotency_key,
+                    retry_for,
                     api,
                 },
-        } => crate::client::submit(&api, &file, wait, timeout),
+        } => crate::client::submit(
+            &api,
+            &file,
+            &crate::client::SubmitOptions {
+                wait,
+                timeout,
+                key: idempotency_key,
+                retry_for,
+            },
+        ),
         Command::Report {
             command: ReportCommand::Status { id, api },
         } => crate::client::report_status(&api, &id),

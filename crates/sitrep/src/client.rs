@@ -44,12 +44,28 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
+        self.request_with(method, path, body, &[])
+            .map(|(status, _, value)| (status, value))
+    }
+
+    /// [`Client::request`] with extra request headers; also returns the
+    /// answer's headers.
+    pub(crate) fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, ureq::http::HeaderMap, Value)> {
         let url = format!("{}{path}", self.base);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
         let resp = if method == "POST" {
             let mut req = self.agent.post(&url);
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
+            }
+            for (name, value) in extra {
+                req = req.header(*name, *value);
             }
             req.send_json(body.unwrap_or(&Value::Null))
         } else {
@@ -66,56 +82,112 @@ impl Client {
             .read_to_string()
             .context("reading the API's answer")?;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value))
+        Ok((status, resp.headers().clone(), value))
     }
 
     /// GET or POST, and turn API errors into one-line messages.
     pub(crate) fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let (status, v) = self.request(method, path, body)?;
-        if (200..300).contains(&status) {
-            return Ok(v);
-        }
-        let error = v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("request failed")
-            .to_owned();
-        let fields: Vec<String> = v
-            .get("errors")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|e| {
-                        format!(
-                            "{}: {}",
-                            e.get("field").and_then(Value::as_str).unwrap_or("?"),
-                            e.get("problem").and_then(Value::as_str).unwrap_or("?")
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if fields.is_empty() {
-            bail!("{status}: {error}");
-        }
-        bail!("{status}: {error}: {}", fields.join("; "))
+        api_answer(status, v)
     }
 }
 
-pub(crate) fn submit(args: &ApiArgs, file: &Path, wait: bool, timeout: Duration) -> anyhow::Result<()> {
+/// A 2xx answer's body, or the API's error as a one-line message.
+fn api_answer(status: u16, v: Value) -> anyhow::Result<Value> {
+    if (200..300).contains(&status) {
+        return Ok(v);
+    }
+    let error = v
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("request failed")
+        .to_owned();
+    let fields: Vec<String> = v
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e.get("field").and_then(Value::as_str).unwrap_or("?"),
+                        e.get("problem").and_then(Value::as_str).unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if fields.is_empty() {
+        bail!("{status}: {error}");
+    }
+    bail!("{status}: {error}: {}", fields.join("; "))
+}
+
+/// How `report submit` sends.
+#[derive(Debug, Clone)]
+pub(crate) struct SubmitOptions {
+    /// Follow delivery until final.
+    pub(crate) wait: bool,
+    /// How long following may take.
+    pub(crate) timeout: Duration,
+    /// The submission's idempotency key; `None`: a new random one.
+    pub(crate) key: Option<String>,
+    /// How long to keep retrying a submission whose answer did not arrive.
+    pub(crate) retry_for: Duration,
+}
+
+/// Submits with an `Idempotency-Key`, retrying with the same key while the
+/// node cannot be reached, the connection is cut before the answer, or the
+/// node answers that it is busy or its store is unavailable (408, 429, 502,
+/// 503, 504): a retry can never store the report twice.
+pub(crate) fn submit(args: &ApiArgs, file: &Path, opts: &SubmitOptions) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("report file {}", file.display()))?;
     let body: Value =
         serde_json::from_str(&text).with_context(|| format!("report file {}: not JSON", file.display()))?;
     let c = Client::new(args);
-    let v = c.ok("POST", "/v1/reports", Some(&body))?;
+    let key = match &opts.key {
+        Some(k) => k.clone(),
+        None => {
+            let mut b = [0u8; 16];
+            sitrep_crypto::random_bytes(&mut b).map_err(|e| anyhow!("no randomness for a key: {e}"))?;
+            hex::encode(b)
+        }
+    };
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    let v = loop {
+        let why = match c.request_with("POST", "/v1/reports", Some(&body), &[("Idempotency-Key", &key)]) {
+            Ok((status, headers, v)) if !matches!(status, 408 | 429 | 502 | 503 | 504) => {
+                if headers.get("idempotent-replayed").is_some() {
+                    eprintln!("the node had stored this submission already (key {key}); its id:");
+                }
+                break api_answer(status, v)?;
+            }
+            Ok((status, _, v)) => format!(
+                "{status}: {}",
+                v.get("error").and_then(Value::as_str).unwrap_or("busy")
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() + pause > opts.retry_for {
+            bail!(
+                "{why}; gave up after {:.0?}. Whether the node stored it is unknown: \
+                 rerun with --idempotency-key {key} to find out without storing it twice",
+                start.elapsed()
+            );
+        }
+        eprintln!("{why}; retrying in {pause:.1?} with the same Idempotency-Key {key}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(5));
+    };
     let id = v
         .get("id")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("the API answered without an id"))?
         .to_owned();
     println!("{id}");
-    if wait {
-        follow(&c, &id, timeout)?;
+    if opts.wait {
+        follow(&c, &id, opts.timeout)?;
     }
     Ok(())
 }

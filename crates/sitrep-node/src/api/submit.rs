@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -32,6 +32,7 @@ use super::{ApiError, ApiState, ErrorBody, authorize, field};
 use crate::config::Role;
 use crate::error::SubmitError;
 use crate::service::{Content, Submission};
+use sitrep_store::SubmissionKey;
 
 /// A field kept as raw JSON until it is decoded as `T`, so that every field
 /// of a body is checked and reported, not just the first bad one.
@@ -298,14 +299,58 @@ impl SubmitBody {
     }
 }
 
+/// The request header that makes a submission safe to retry.
+pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on the answer to a retry that stored nothing new.
+const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// The longest idempotency key taken, in bytes.
+pub(super) const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// The submission key of a request: digests of its `Idempotency-Key` and of
+/// its body, or `None` without the header. A key is 1 to 255 visible ASCII
+/// characters.
+fn submission_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<SubmissionKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let bad = |problem: &str| ApiError::fields(vec![field("Idempotency-Key", problem)]);
+    if values.next().is_some() {
+        return Err(bad("is given more than once"));
+    }
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(bad(&format!(
+            "is {} bytes; it must be 1 to {MAX_IDEMPOTENCY_KEY}",
+            key.len()
+        )));
+    }
+    if !key.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "must be visible ASCII characters only (a UUID is a good key)",
+        ));
+    }
+    let mut scoped = b"sitrep submission key v1\0".to_vec();
+    scoped.extend_from_slice(key);
+    Ok(Some(SubmissionKey {
+        key: sitrep_crypto::sha256(&scoped),
+        request: sitrep_crypto::sha256(body),
+    }))
+}
+
 /// Validate, check policy, seal, store; `202 {id}` once durable.
 #[utoipa::path(post, path = "/v1/reports", tag = "reports",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Makes the submission safe to retry: 1 to 255 visible ASCII characters, new for each report (a UUID). A request with a key already used answers with the first request's id and stores nothing new (also after a restart of the node), as long as the node remembers the message (7 days past its expiry). The same key with a different body is refused with 422."),
+    ),
     request_body(content = SubmitBody, description = "A situation report with its label, mode and recipients"),
     responses(
-        (status = 202, description = "Stored durably and queued", body = Accepted),
+        (status = 202, description = "Stored durably and queued; for a retry with a used Idempotency-Key, the first request's id, with `Idempotent-Replayed: true`", body = Accepted),
         (status = 400, description = "Invalid fields, every one named", body = ErrorBody),
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Wrong role, or outside the label policy; nothing stored", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for a different request; nothing stored", body = ErrorBody),
         (status = 503, description = "The store failed; retry", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -315,6 +360,7 @@ pub(super) async fn submit_report(
     raw: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::Reporter)?;
+    let key = submission_key(&headers, &raw)?;
     let body: SubmitBody = {
         let mut de = serde_json::Deserializer::from_slice(&raw);
         serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -330,10 +376,18 @@ pub(super) async fn submit_report(
         })?
     };
     let sub = body.into_submission().map_err(ApiError::fields)?;
-    match state.service.submit(sub).await {
-        Ok(id) => {
-            remember(&state, &raw, &id.to_string());
-            Ok((StatusCode::ACCEPTED, Json(Accepted { id: id.to_string() })).into_response())
+    match state.service.submit_keyed(sub, key).await {
+        Ok(done) => {
+            let id = done.id.to_string();
+            let mut response = (StatusCode::ACCEPTED, Json(Accepted { id: id.clone() })).into_response();
+            if done.replayed {
+                response
+                    .headers_mut()
+                    .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            } else {
+                remember(&state, &raw, &id);
+            }
+            Ok(response)
         }
         Err(e) => Err(submit_error(e)),
     }
@@ -367,6 +421,7 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
             ApiError::new(StatusCode::FORBIDDEN, e.to_string())
         }
         e @ SubmitError::Store(_) => ApiError::unavailable(e),
+        e @ SubmitError::KeyReused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
