@@ -131,6 +131,9 @@ struct RawLimits {
     max_connections_per_peer: Option<usize>,
     peer_buffer_bytes: Option<usize>,
     connection_window_bytes: Option<u32>,
+    min_free_bytes: Option<u64>,
+    max_queue_bytes: Option<u64>,
+    max_peer_queue_bytes: Option<u64>,
     hop_limit: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     idle_timeout: Option<Duration>,
@@ -327,6 +330,17 @@ pub struct Limits {
     /// Bytes quinn buffers per connection ahead of our reading (the QUIC
     /// connection receive window).
     pub connection_window_bytes: u32,
+    /// Space each channel store keeps free on its disk: below it, new
+    /// messages are refused (`507` to a submitter, a transient refusal to a
+    /// peer, which keeps its copy); 0 turns the check off.
+    pub min_free_bytes: u64,
+    /// Envelope bytes one channel store may hold queued for all its next
+    /// hops together; over it, new messages are refused as above.
+    pub max_queue_bytes: u64,
+    /// Envelope bytes one channel store may hold queued for one next hop
+    /// (a peer that is cut off); over it, new messages for that peer are
+    /// refused as above.
+    pub max_peer_queue_bytes: u64,
     /// Hops before a message is refused as looping.
     pub hop_limit: u32,
     /// QUIC idle timeout.
@@ -361,6 +375,9 @@ impl Default for Limits {
             max_connections_per_peer: sitrep_net::DEFAULT_MAX_CONNECTIONS_PER_PEER,
             peer_buffer_bytes: sitrep_net::DEFAULT_PEER_READ_BUDGET,
             connection_window_bytes: sitrep_net::DEFAULT_CONNECTION_RECEIVE_WINDOW,
+            min_free_bytes: 256 * MIB,
+            max_queue_bytes: 4 * 1024 * MIB,
+            max_peer_queue_bytes: 1024 * MIB,
             hop_limit: DEFAULT_HOP_LIMIT,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
@@ -374,7 +391,24 @@ impl Default for Limits {
     }
 }
 
+/// A mebibyte.
+const MIB: u64 = 1024 * 1024;
+
+/// The least `min_free_bytes` (other than 0): two log segments, so that a
+/// segment roll-over never meets a full disk.
+pub const MIN_FREE_FLOOR: u64 = 2 * sitrep_store::log::DEFAULT_SEGMENT_BYTES;
+
 impl Limits {
+    /// The caps of every channel store.
+    #[must_use]
+    pub fn quota(&self) -> sitrep_store::Quota {
+        sitrep_store::Quota {
+            min_free_bytes: self.min_free_bytes,
+            max_queue_bytes: self.max_queue_bytes,
+            max_hop_queue_bytes: self.max_peer_queue_bytes,
+        }
+    }
+
     /// The QUIC transport limits of every channel endpoint.
     #[must_use]
     pub fn transport(&self) -> sitrep_net::TransportLimits {
@@ -640,6 +674,9 @@ impl Config {
             max_connections_per_peer: l.max_connections_per_peer.unwrap_or(d.max_connections_per_peer),
             peer_buffer_bytes: l.peer_buffer_bytes.unwrap_or(d.peer_buffer_bytes),
             connection_window_bytes: l.connection_window_bytes.unwrap_or(d.connection_window_bytes),
+            min_free_bytes: l.min_free_bytes.unwrap_or(d.min_free_bytes),
+            max_queue_bytes: l.max_queue_bytes.unwrap_or(d.max_queue_bytes),
+            max_peer_queue_bytes: l.max_peer_queue_bytes.unwrap_or(d.max_peer_queue_bytes),
             hop_limit: l.hop_limit.unwrap_or(d.hop_limit),
             idle_timeout: positive("idle_timeout", l.idle_timeout, d.idle_timeout)?,
             keep_alive: positive("keep_alive", l.keep_alive, d.keep_alive)?,
@@ -660,6 +697,23 @@ impl Config {
             return Err(err(
                 "limits.peer_buffer_bytes",
                 "must hold at least one largest frame (limits.max_frame_bytes + 4)",
+            ));
+        }
+        if limits.min_free_bytes != 0 && limits.min_free_bytes < MIN_FREE_FLOOR {
+            return Err(err(
+                "limits.min_free_bytes",
+                format!(
+                    "must be 0 (no check) or at least {MIN_FREE_FLOOR} (two log segments, so that \
+                     starting a segment never meets a full disk)"
+                ),
+            ));
+        }
+        if limits.max_peer_queue_bytes < limits.max_frame_bytes as u64
+            || limits.max_queue_bytes < limits.max_peer_queue_bytes
+        {
+            return Err(err(
+                "limits.max_peer_queue_bytes",
+                "must hold at least one largest frame (limits.max_frame_bytes), and                  limits.max_queue_bytes at least as much",
             ));
         }
         if limits.connection_window_bytes < 64 * 1024 {

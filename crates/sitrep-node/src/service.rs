@@ -169,6 +169,10 @@ pub(crate) struct StoreStatus {
     pub(crate) disk_bytes: u64,
     /// Why the store refuses writes, once it does.
     pub(crate) failed: Option<String>,
+    /// Free bytes on its disk, if known.
+    pub(crate) free_bytes: Option<u64>,
+    /// Its caps on ingest.
+    pub(crate) quota: sitrep_store::Quota,
 }
 
 /// The node's operations for local users.
@@ -834,6 +838,8 @@ impl Service {
                     channel: *c,
                     disk_bytes: rt.store.disk_bytes(),
                     failed: rt.store.healthy().err(),
+                    free_bytes: rt.store.free_bytes(),
+                    quota: rt.store.quota(),
                 })
                 .collect(),
             feeds: self.feeds(),

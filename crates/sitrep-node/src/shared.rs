@@ -216,6 +216,7 @@ impl ChannelRt {
             Some(dir) => SledStore::open_with(&c.store, dir, sitrep_store::log::LogConfig::default())?,
             None => SledStore::open(&c.store)?,
         };
+        store.set_quota(config.limits.quota());
         let audit = AuditLog::open(&config.audit_log(channel))
             .map_err(|e| NodeError::config(&key("store"), format!("audit log: {e}")))?;
         let endpoint = ChannelEndpoint::bind_with_reset_key(

@@ -44,7 +44,7 @@ mod records;
 mod sled_store;
 
 pub use records::{DeliveryRecord, DeliveryState, HopStats, InboxEntry, Queued};
-pub use sled_store::{DEDUP_RETENTION_MS, SledStore};
+pub use sled_store::{DEDUP_RETENTION_MS, SledStore, free_bytes};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -113,6 +113,17 @@ pub enum StoreError {
         /// The largest record payload.
         max: usize,
     },
+    /// Taking the message in would go over a [`Quota`]: the disk is nearly
+    /// full, or too much is queued. Nothing was written; the store keeps
+    /// working, and settling, receipts and expiry (which free space) go on.
+    /// Transient: retry later.
+    #[error("store {path} is full: {reason}; nothing was stored, retry later")]
+    Full {
+        /// The store's directory.
+        path: String,
+        /// Which cap, and how full.
+        reason: String,
+    },
     /// The segment log could not be opened or replayed.
     #[error("store {path}: {source}")]
     Log {
@@ -126,6 +137,35 @@ pub enum StoreError {
 
 /// Result of one storage call.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a store takes in before it refuses new messages with
+/// [`StoreError::Full`] (see [`SledStore::set_quota`]). Only ingests are
+/// refused; everything that settles or expires messages goes on, using a
+/// little of the space kept free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Space kept free on the filesystems of the log and the index.
+    pub min_free_bytes: u64,
+    /// Envelope bytes queued for all next hops together.
+    pub max_queue_bytes: u64,
+    /// Envelope bytes queued for any one next hop.
+    pub max_hop_queue_bytes: u64,
+}
+
+impl Quota {
+    /// No caps.
+    pub const UNLIMITED: Self = Self {
+        min_free_bytes: 0,
+        max_queue_bytes: u64::MAX,
+        max_hop_queue_bytes: u64::MAX,
+    };
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Self::UNLIMITED
+    }
+}
 
 /// One copy of a message queued for one next hop.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use crate::records::{
     op_kind,
 };
 use crate::{
-    BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued,
+    BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued, Quota,
     Result, Storage, StoreError, SubmissionKey,
 };
 
@@ -102,6 +102,8 @@ struct Inner {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     totals: Mutex<BTreeMap<NodeId, Totals>>,
+    /// Caps on ingest.
+    quota: Mutex<Quota>,
 }
 
 /// A channel's store on sled. Cheap to clone.
@@ -228,6 +230,7 @@ impl SledStore {
             jobs: Mutex::new(Some(tx)),
             writer: Mutex::new(None),
             totals: Mutex::new(totals),
+            quota: Mutex::new(Quota::UNLIMITED),
         });
         let reclaimed = reclaim(&inner).map_err(|reason| failed(&inner, &reason))?;
         if reclaimed > 0 {
@@ -293,6 +296,27 @@ impl SledStore {
                 path: self.inner.path.clone(),
                 source,
             }),
+        }
+    }
+
+    /// Sets the caps on what the store takes in (default: none).
+    pub fn set_quota(&self, quota: Quota) {
+        *lock(&self.inner.quota) = quota;
+    }
+
+    /// The caps on what the store takes in.
+    pub fn quota(&self) -> Quota {
+        *lock(&self.inner.quota)
+    }
+
+    /// Free bytes on the disk of the log or the index, whichever has less;
+    /// `None` if it cannot be read.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let index = free_bytes(&self.inner.index_dir).ok()?;
+        match self.inner.log.dir().free_bytes() {
+            Ok(Some(log)) => Some(log.min(index)),
+            Ok(None) => Some(index),
+            Err(_) => None,
         }
     }
 
@@ -576,7 +600,15 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         let mut group = Group::default();
         let mut records = Vec::with_capacity(jobs.len());
         let mut results = Vec::with_capacity(jobs.len());
+        let mut room = Room::new(inner, &jobs);
         for job in &jobs {
+            if let Err(reason) = room.admit(&group, &job.ops) {
+                results.push(Err(StoreError::Full {
+                    path: inner.path.clone(),
+                    reason,
+                }));
+                continue;
+            }
             let r = eval_job(inner, &mut group, &job.ops, &mut counters, records.len());
             results.push(r.map(|(outcomes, record)| {
                 records.push(record);
@@ -622,6 +654,127 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
     if let Err(e) = inner.db.flush() {
         tracing::warn!(path = %inner.path, error = %e, "final index flush failed; the next open replays more of the log");
     }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+///
+/// # Errors
+/// The `statvfs` call's.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// The quota check of one group: what is queued per hop (committed, plus
+/// the group's jobs so far) against the caps, and the free space (looked
+/// up once per group, only when a job takes something in).
+struct Room {
+    quota: Quota,
+    path: String,
+    /// Committed envelope bytes queued per hop, and in all.
+    hops: BTreeMap<NodeId, u64>,
+    total: u64,
+    log_dir: Arc<dyn Dir>,
+    index_dir: std::path::PathBuf,
+    free: Option<std::result::Result<u64, String>>,
+}
+
+impl Room {
+    fn new(inner: &Inner, jobs: &[Job]) -> Self {
+        let quota = *lock(&inner.quota);
+        let ingests = jobs
+            .iter()
+            .any(|j| j.ops.iter().any(|op| matches!(op, Op::Ingest(_))));
+        let (hops, total) = if ingests && quota != Quota::UNLIMITED {
+            let totals = lock(&inner.totals);
+            (
+                totals.iter().map(|(h, t)| (h.clone(), t.bytes)).collect(),
+                totals.values().map(|t| t.bytes).sum(),
+            )
+        } else {
+            (BTreeMap::new(), 0)
+        };
+        Self {
+            quota,
+            path: inner.path.clone(),
+            hops,
+            total,
+            log_dir: inner.log.dir(),
+            index_dir: inner.index_dir.clone(),
+            free: None,
+        }
+    }
+
+    /// `Err(why)` if the job takes a message in and that would go over a cap.
+    fn admit(&mut self, group: &Group, ops: &[Op]) -> std::result::Result<(), String> {
+        let ingests: Vec<&Ingest> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Ingest(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        if ingests.is_empty() || self.quota == Quota::UNLIMITED {
+            return Ok(());
+        }
+        if self.quota.min_free_bytes > 0 {
+            let free = self.free.get_or_insert_with(|| {
+                let log = self.log_dir.free_bytes().map_err(|e| e.to_string())?;
+                let index = free_bytes(&self.index_dir).map_err(|e| e.to_string())?;
+                Ok(log.map_or(index, |l| l.min(index)))
+            });
+            match free {
+                Ok(free) if *free < self.quota.min_free_bytes => {
+                    return Err(format!(
+                        "the disk has {} free, below the {} kept free ([limits] min_free_bytes)",
+                        mib(*free),
+                        mib(self.quota.min_free_bytes)
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(store = %self.path, error = %e, "cannot read the free space; taking the message");
+                }
+            }
+        }
+        // Queued bytes: committed, plus this group's jobs before this one.
+        let mut hops = self.hops.clone();
+        let mut total = self.total;
+        for (hop, _, bytes) in &group.deltas {
+            let b = hops.entry(hop.clone()).or_default();
+            *b = b.saturating_add_signed(*bytes);
+            total = total.saturating_add_signed(*bytes);
+        }
+        for i in ingests {
+            let len = i.envelope.len() as u64;
+            for c in &i.copies {
+                let b = hops.entry(c.next_hop.clone()).or_default();
+                if b.saturating_add(len) > self.quota.max_hop_queue_bytes {
+                    return Err(format!(
+                        "the queue for {} holds {}, and this message would take it over its cap of {} ([limits] max_peer_queue_bytes)",
+                        c.next_hop,
+                        mib(*b),
+                        mib(self.quota.max_hop_queue_bytes)
+                    ));
+                }
+                *b += len;
+                total = total.saturating_add(len);
+            }
+            if total > self.quota.max_queue_bytes {
+                return Err(format!(
+                    "the channel's queues would hold {}, over their cap of {} ([limits] max_queue_bytes)",
+                    mib(total),
+                    mib(self.quota.max_queue_bytes)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes as MiB for a message.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1_048_576.0)
 }
 
 fn failed(inner: &Inner, reason: &str) -> StoreError {

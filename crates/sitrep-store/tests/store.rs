@@ -2,7 +2,7 @@
 
 use sitrep_core::{MessageId, NodeId, Precedence};
 use sitrep_store::{
-    Copy, DEDUP_RETENTION_MS, DeliveryState, Ingest, Op, Outcome, SledStore, Storage, StoreError,
+    Copy, DEDUP_RETENTION_MS, DeliveryState, Ingest, Op, Outcome, Quota, SledStore, Storage, StoreError,
     SubmissionKey,
 };
 
@@ -157,6 +157,91 @@ fn a_submission_key_is_answered_with_its_first_message_and_stores_nothing_new() 
     assert!(!s.seen(&mid(1)).expect("seen"));
     s.apply_blocking(vec![keyed(mid(5), 7, 1)])
         .expect("the key is free again once its message is forgotten");
+    s.close();
+}
+
+fn full_reason(r: sitrep_store::Result<Vec<Outcome>>) -> String {
+    match r {
+        Err(StoreError::Full { reason, .. }) => reason,
+        other => panic!("expected a full store, got {other:?}"),
+    }
+}
+
+#[test]
+fn over_a_queue_cap_an_ingest_is_refused_and_nothing_stored_while_settling_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(dir.path()).expect("open");
+    // 100-byte envelopes: two fit under a hop's cap of 250 bytes.
+    s.set_quota(Quota {
+        max_hop_queue_bytes: 250,
+        max_queue_bytes: 450,
+        ..Quota::UNLIMITED
+    });
+    for i in 1..=2 {
+        s.apply_blocking(vec![ingest(mid(i), Precedence::Routine, &["msb"], &[])])
+            .expect("under the cap");
+    }
+    let why = full_reason(s.apply_blocking(vec![ingest(mid(3), Precedence::Flash, &["msb"], &[])]));
+    assert!(
+        why.contains("msb") && why.contains("max_peer_queue_bytes"),
+        "{why}"
+    );
+    assert!(!s.seen(&mid(3)).expect("seen"), "nothing of it stored");
+    assert_eq!(ids(&s, "msb"), vec![mid(1), mid(2)]);
+    // Another hop has room of its own, up to the channel's cap.
+    for i in 4..=5 {
+        s.apply_blocking(vec![ingest(mid(i), Precedence::Routine, &["nspl-hub"], &[])])
+            .expect("another hop");
+    }
+    let why = full_reason(s.apply_blocking(vec![ingest(mid(6), Precedence::Routine, &["rkl"], &[])]));
+    assert!(why.contains("max_queue_bytes"), "{why}");
+    // Settling goes on, and frees room.
+    s.apply_blocking(vec![Op::Forwarded {
+        id: mid(1),
+        next_hop: n("msb"),
+        now_ms: NOW,
+    }])
+    .expect("settling is never refused");
+    s.apply_blocking(vec![ingest(mid(3), Precedence::Flash, &["msb"], &[])])
+        .expect("room again");
+    assert_eq!(ids(&s, "msb"), vec![mid(3), mid(2)]);
+    s.close();
+}
+
+#[test]
+fn below_the_free_space_kept_an_ingest_is_refused_and_receipts_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = SledStore::open(dir.path()).expect("open");
+    s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &["msb"])])
+        .expect("ingest");
+    // No disk has this much free.
+    s.set_quota(Quota {
+        min_free_bytes: u64::MAX,
+        ..Quota::UNLIMITED
+    });
+    let why = full_reason(s.apply_blocking(vec![ingest(mid(2), Precedence::Routine, &["msb"], &[])]));
+    assert!(why.contains("min_free_bytes"), "{why}");
+    assert!(!s.seen(&mid(2)).expect("seen"));
+    s.apply_blocking(vec![
+        Op::Forwarded {
+            id: mid(1),
+            next_hop: n("msb"),
+            now_ms: NOW,
+        },
+        Op::Delivered {
+            id: mid(1),
+            recipient: n("msb"),
+            delivered_ms: NOW,
+        },
+    ])
+    .expect("settling and receipts are never refused");
+    assert_eq!(
+        s.delivery(&mid(1)).expect("delivery")[0].state,
+        DeliveryState::Delivered
+    );
+    s.set_quota(Quota::default());
+    s.apply_blocking(vec![ingest(mid(2), Precedence::Routine, &["msb"], &[])])
+        .expect("room again");
     s.close();
 }
 

@@ -75,6 +75,30 @@ struct StoreView {
     disk_bytes: u64,
     /// `null` while the store takes writes; the reason once it refuses them.
     failed: Option<String>,
+    /// Free bytes on the store's disk (`null` if unknown); below
+    /// `min_free_bytes` new messages are refused.
+    free_bytes: Option<u64>,
+    /// `limits.min_free_bytes`.
+    min_free_bytes: u64,
+    /// Envelope bytes queued for all next hops (`limits.max_queue_bytes`).
+    queued_bytes: Use64,
+    /// The next hop with the most bytes queued, against
+    /// `limits.max_peer_queue_bytes` (`null` when nothing is queued).
+    fullest_peer: Option<PeerQueueView>,
+}
+
+/// A byte count against its cap.
+#[derive(Debug, Serialize, ToSchema)]
+struct Use64 {
+    used: u64,
+    max: u64,
+}
+
+/// One next hop's queue against its cap.
+#[derive(Debug, Serialize, ToSchema)]
+struct PeerQueueView {
+    peer: String,
+    queued_bytes: Use64,
 }
 
 /// One feed built or received here.
@@ -211,10 +235,26 @@ impl StatusDocument {
             stores: s
                 .stores
                 .iter()
-                .map(|st| StoreView {
-                    channel: st.channel.as_str().to_owned(),
-                    disk_bytes: st.disk_bytes,
-                    failed: st.failed.clone(),
+                .map(|st| {
+                    let queues = || s.outboxes.iter().filter(|(c, _)| *c == st.channel);
+                    StoreView {
+                        channel: st.channel.as_str().to_owned(),
+                        disk_bytes: st.disk_bytes,
+                        failed: st.failed.clone(),
+                        free_bytes: st.free_bytes,
+                        min_free_bytes: st.quota.min_free_bytes,
+                        queued_bytes: Use64 {
+                            used: queues().map(|(_, h)| h.bytes).sum(),
+                            max: st.quota.max_queue_bytes,
+                        },
+                        fullest_peer: queues().max_by_key(|(_, h)| h.bytes).map(|(_, h)| PeerQueueView {
+                            peer: h.next_hop.to_string(),
+                            queued_bytes: Use64 {
+                                used: h.bytes,
+                                max: st.quota.max_hop_queue_bytes,
+                            },
+                        }),
+                    }
                 })
                 .collect(),
             feeds: s
@@ -345,6 +385,15 @@ fn exposition(s: &StatusSnapshot, counters: &Counters) -> Result<String, std::fm
         })
         .set(i64::try_from(st.disk_bytes).unwrap_or(i64::MAX));
     }
+    let free = Family::<ChannelLabels, Gauge>::default();
+    for st in &s.stores {
+        if let Some(f) = st.free_bytes {
+            free.get_or_create(&ChannelLabels {
+                channel: st.channel.as_str(),
+            })
+            .set(i64::try_from(f).unwrap_or(i64::MAX));
+        }
+    }
     let cert = Family::<ChannelLabels, FloatGauge>::default();
     for (c, t) in &s.certificates {
         cert.get_or_create(&ChannelLabels { channel: c.as_str() })
@@ -421,6 +470,11 @@ fn exposition(s: &StatusSnapshot, counters: &Counters) -> Result<String, std::fm
         "sitrep_store_disk_bytes",
         "Disk used by the channel's store.",
         disk,
+    );
+    registry.register(
+        "sitrep_store_free_bytes",
+        "Free bytes on the disk of the channel's store; below limits.min_free_bytes new messages are refused.",
+        free,
     );
     registry.register(
         "sitrep_certificate_days_left",

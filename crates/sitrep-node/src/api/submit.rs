@@ -351,6 +351,7 @@ fn submission_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<SubmissionK
         (status = 401, description = "Missing or unknown token", body = ErrorBody),
         (status = 403, description = "Wrong role, or outside the label policy; nothing stored", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used for a different request; nothing stored", body = ErrorBody),
+        (status = 507, description = "The node's disk is nearly full or its queues are at their caps (`[limits] min_free_bytes`, `max_queue_bytes`, `max_peer_queue_bytes`); nothing stored, retry later", body = ErrorBody),
         (status = 503, description = "The store failed; retry", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -408,7 +409,7 @@ fn remember(state: &ApiState, raw: &Bytes, id: &str) {
 }
 
 /// A refused submission as an answer: field errors as 400, policy and
-/// routing as 403, a failed store as 503.
+/// routing as 403, a full store as 507, a failed store as 503.
 pub(super) fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::Invalid(es) => ApiError::fields(
@@ -419,6 +420,9 @@ pub(super) fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::Bad { field: f, problem } => ApiError::fields(vec![field(f, problem)]),
         e @ (SubmitError::Policy(_) | SubmitError::NoRoute(_)) => {
             ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+        }
+        e @ SubmitError::Store(sitrep_store::StoreError::Full { .. }) => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
         }
         e @ SubmitError::Store(_) => ApiError::unavailable(e),
         e @ SubmitError::KeyReused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),

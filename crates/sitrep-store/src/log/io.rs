@@ -42,6 +42,13 @@ pub trait Dir: fmt::Debug + Send + Sync {
     fn sync(&self) -> io::Result<()>;
     /// How to name `name` in an error message (the full path).
     fn describe(&self, name: &str) -> String;
+    /// Free bytes on the directory's filesystem, if known.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn free_bytes(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// A file with positional I/O.
@@ -151,6 +158,10 @@ impl Dir for OsDir {
 
     fn describe(&self, name: &str) -> String {
         self.path.join(name).display().to_string()
+    }
+
+    fn free_bytes(&self) -> io::Result<Option<u64>> {
+        crate::free_bytes(&self.path).map(Some)
     }
 }
 

@@ -929,6 +929,11 @@ impl Log {
             .unwrap_or_default()
     }
 
+    /// The directory the log is in.
+    pub fn dir(&self) -> Arc<dyn Dir> {
+        Arc::clone(&self.dir)
+    }
+
     /// Where the next record will go (unless it rolls to a new segment).
     pub fn tail(&self) -> Position {
         let end = self.end.load(Ordering::Acquire);
