@@ -404,6 +404,12 @@ impl Shared {
             Direction::Egress => format!("egress: {}", r.detail),
         };
         self.audit("refuse", r.id, r.peer, r.channel, r.class, &audit_reason);
+        if r.reason == sitrep_core::ingress::RefuseReason::Duplicate {
+            // A retransmission of what is already in custody (after a lost
+            // answer or a restart) is how at-least-once works, not a fault.
+            tracing::info!(id = ?r.id.map(|id| shown(r.channel, id).to_string()), peer = ?r.peer.map(|p| shown(r.channel, p).to_string()), channel = %r.channel, "duplicate refused: already in custody");
+            return;
+        }
         match r.id {
             Some(id) => {
                 tracing::warn!(id = %shown(r.channel, id), peer = ?r.peer.map(|p| shown(r.channel, p).to_string()), channel = %r.channel, direction = ?r.direction, reason, detail = %shown(r.channel, r.detail), "refused")

@@ -435,6 +435,37 @@ impl TestNet {
             .expect("wait for the child")
     }
 
+    /// Writes the addresses child `id` is bound to (its channels' and its
+    /// API's) into its `node.toml`, so that it starts on the same ones
+    /// next time: its peers, and clients, keep reaching it across restarts.
+    ///
+    /// # Panics
+    /// If `id` is not a running child process or its config cannot be written.
+    #[allow(clippy::expect_used)]
+    pub fn pin_child_addresses(&self, id: &str) {
+        let Some(Slot::Child(c)) = self.slots.get(id) else {
+            panic!("{id} is not a child process");
+        };
+        let path = self.config_path(id);
+        let mut doc: toml::Table = std::fs::read_to_string(&path)
+            .expect("read node.toml")
+            .parse()
+            .expect("toml");
+        for (channel, addr) in &c.addrs {
+            doc["channels"][channel.as_str()]
+                .as_table_mut()
+                .expect("channel table")
+                .insert("listen".into(), addr.to_string().into());
+        }
+        if let Some(api) = c.api.as_deref().and_then(|a| a.strip_prefix("http://")) {
+            doc["api"]
+                .as_table_mut()
+                .expect("api table")
+                .insert("listen".into(), api.trim_end_matches('/').to_owned().into());
+        }
+        std::fs::write(&path, toml::to_string(&doc).expect("toml")).expect("write node.toml");
+    }
+
     /// The API URL of child `id`.
     ///
     /// # Panics
