@@ -404,7 +404,7 @@ impl Shared {
             Direction::Egress => format!("egress: {}", r.detail),
         };
         self.audit("refuse", r.id, r.peer, r.channel, r.class, &audit_reason);
-        if r.reason == sitrep_core::ingress::RefuseReason::Duplicate {
+        if r.reason == RefuseReason::Duplicate {
             // A retransmission of what is already in custody (after a lost
             // answer or a restart) is how at-least-once works, not a fault.
             tracing::info!(id = ?r.id.map(|id| shown(r.channel, id).to_string()), peer = ?r.peer.map(|p| shown(r.channel, p).to_string()), channel = %r.channel, "duplicate refused: already in custody");
