@@ -435,6 +435,26 @@ impl TestNet {
             .expect("wait for the child")
     }
 
+    /// Runs each of `ids` as a child process on addresses of its own that
+    /// stay the same across restarts: starts them once to learn free
+    /// addresses, pins those ([`Self::pin_child_addresses`]) and starts
+    /// them again there, each now configured with its peers' addresses
+    /// (a child reads its peers' addresses only when it starts).
+    pub fn spawn_children_pinned(&mut self, ids: &[&str], binary: &Path) {
+        for id in ids {
+            self.spawn_child(id, binary);
+        }
+        for id in ids {
+            self.pin_child_addresses(id);
+        }
+        for id in ids {
+            self.kill_child(id);
+        }
+        for id in ids {
+            self.spawn_child(id, binary);
+        }
+    }
+
     /// Writes the addresses child `id` is bound to (its channels' and its
     /// API's) into its `node.toml`, so that it starts on the same ones
     /// next time: its peers, and clients, keep reaching it across restarts.

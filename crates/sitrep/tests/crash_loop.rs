@@ -211,21 +211,9 @@ fn kill_9_of_random_nodes_under_load_loses_nothing_and_duplicates_nothing() {
     let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
     let nodes = [AUTHORITY, HUB, REGION];
 
-    // Start every node once to learn free addresses, pin them, and start
-    // them again there: from now on a restarted node is where it was.
+    // Fixed addresses: a restarted node is where it was.
     let mut net = TestNet::prepare(&line());
-    for id in nodes {
-        net.spawn_child(id, bin);
-    }
-    for id in nodes {
-        net.pin_child_addresses(id);
-    }
-    for id in nodes {
-        net.kill_child(id);
-    }
-    for id in nodes {
-        net.spawn_child(id, bin);
-    }
+    net.spawn_children_pinned(&nodes, bin);
     let region_api = net.child_api(REGION);
     let authority_api = net.child_api(AUTHORITY);
 
