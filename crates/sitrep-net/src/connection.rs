@@ -105,6 +105,14 @@ impl PeerConnection {
         self.conn.rtt()
     }
 
+    /// UDP datagrams received on this connection so far: it grows with
+    /// every frame and every acknowledgement of our keep-alives, so a count
+    /// that stands still means the peer has not been heard from.
+    #[must_use]
+    pub fn datagrams_received(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
+
     /// The peer's address.
     #[must_use]
     pub fn remote_address(&self) -> SocketAddr {

@@ -46,6 +46,12 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, channel: Channel) -> Result
                 shared.counters.inc(Event::ConnectionsAccepted);
                 conns.spawn(serve_connection(Arc::clone(&shared), channel, conn));
             }
+            // A handshake that timed out or was reset is the network, not
+            // a peer breaking the rules: counted apart from refusals.
+            Some(Err(e @ (NetError::Connection(_) | NetError::Stream(_)))) => {
+                tracing::debug!(%channel, error = %shown(channel, &e.to_string()), "incoming connection failed");
+                shared.counters.inc(Event::ConnectionsFailed);
+            }
             Some(Err(e)) => shared.refused(&Refused {
                 direction: Direction::Ingress,
                 reason: RefuseReason::Peer,

@@ -163,7 +163,9 @@ async fn send_loop(
     let mut pause = Backoff::new(shared.limits.retry_initial, shared.limits.retry_max);
     let mut paused_until: Option<tokio::time::Instant> = None;
     let mut lost = false;
+    let mut heard = Heard::default();
     let stopping = loop {
+        heard.check(conn, link);
         if *lock(&link.generation) != generation {
             // The peer moved: transfers on the old connection will never be
             // answered, so fail them now (their copies stay queued) and reconnect.
@@ -259,6 +261,36 @@ async fn send_loop(
         commit_custody(Arc::clone(shared), channel, link.peer.clone(), custody_due).await;
     }
     stopping
+}
+
+/// When the peer was last heard from on the link's connection: any
+/// datagram, a frame or the acknowledgement of a keep-alive, looked at at
+/// most every [`HEARD_EVERY`] (the send loop wakes at least every
+/// [`RESCAN`]). `/v1/status` says `connected` only while that is recent.
+#[derive(Default)]
+struct Heard {
+    datagrams: u64,
+    looked: Option<tokio::time::Instant>,
+}
+
+/// How often [`Heard`] looks at the connection's counters.
+const HEARD_EVERY: Duration = Duration::from_millis(250);
+
+impl Heard {
+    fn check(&mut self, conn: &PeerConnection, link: &Link) {
+        let now = tokio::time::Instant::now();
+        if self.looked.is_some_and(|t| now < t + HEARD_EVERY) {
+            return;
+        }
+        self.looked = Some(now);
+        let n = conn.datagrams_received();
+        if n != self.datagrams {
+            self.datagrams = n;
+            let mut st = lock(&link.state);
+            st.last_seen_ms = Some(now_ms());
+            st.rtt = Some(conn.rtt());
+        }
+    }
 }
 
 /// Up to `room` queued copies for `peer` that are neither in flight nor

@@ -35,13 +35,16 @@ pub enum Event {
     RosterReplaced,
     /// A peer connection was accepted.
     ConnectionsAccepted,
+    /// An incoming handshake failed for a network reason (timed out,
+    /// reset, or the client refused our certificate): not a refused peer.
+    ConnectionsFailed,
     /// An inbox entry no longer opens (its origin left the roster).
     InboxUnreadable,
 }
 
 impl Event {
     /// Every event, in counter-name order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Submitted,
         Self::Accepted,
         Self::Forwarded,
@@ -50,6 +53,7 @@ impl Event {
         Self::Expired,
         Self::RosterReplaced,
         Self::ConnectionsAccepted,
+        Self::ConnectionsFailed,
         Self::InboxUnreadable,
     ];
 
@@ -65,6 +69,7 @@ impl Event {
             Self::Expired => "expired",
             Self::RosterReplaced => "roster.replaced",
             Self::ConnectionsAccepted => "connections.accepted",
+            Self::ConnectionsFailed => "connections.failed",
             Self::InboxUnreadable => "inbox.unreadable",
         }
     }

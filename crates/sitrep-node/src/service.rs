@@ -137,7 +137,8 @@ pub struct PeerStatus {
     pub channel: Channel,
     /// Address dialled.
     pub address: SocketAddr,
-    /// Connected now.
+    /// Connected now: a connection on which the peer was heard within two
+    /// keep-alive intervals (and a second).
     pub connected: bool,
     /// Last successful exchange.
     pub last_seen_ms: Option<i64>,
@@ -801,8 +802,14 @@ impl Service {
         self.0.roster.get()
     }
 
-    /// Every peer link.
+    /// Every peer link. A link is `connected` while it has a connection on
+    /// which the peer was heard (a frame, or the acknowledgement of a
+    /// keep-alive) within two keep-alive intervals and a second.
     pub(crate) fn peers(&self) -> Vec<PeerStatus> {
+        let now = now_ms();
+        let heard_within = i64::try_from((self.0.limits.keep_alive * 2).as_millis())
+            .unwrap_or(i64::MAX)
+            .saturating_add(1000);
         let mut out = Vec::new();
         for (channel, rt) in &self.0.channels {
             for link in rt.links.values() {
@@ -811,7 +818,7 @@ impl Service {
                     peer: link.peer.clone(),
                     channel: *channel,
                     address: *lock(&link.addr),
-                    connected: st.connected,
+                    connected: st.connected && st.last_seen_ms.is_some_and(|t| now - t <= heard_within),
                     last_seen_ms: st.last_seen_ms,
                     rtt: st.rtt,
                     last_error: st.last_error,

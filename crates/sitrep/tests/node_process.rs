@@ -378,3 +378,67 @@ async fn a_node_restarted_on_the_same_address_is_sent_to_again_within_seconds() 
     );
     net.shutdown().await;
 }
+
+/// A peer that stops answering without closing anything (its process
+/// frozen with SIGSTOP: no reset, no close, no packets) is shown as not
+/// connected once it has not been heard for two keep-alive intervals, long
+/// before the 30 s QUIC idle timeout would end the connection; heard again,
+/// it is connected again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_connected_only_while_the_peer_is_heard() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_sitrep"));
+    let mut net = TestNet::prepare(&line());
+    net.start_node("socialstyrelsen").await;
+    net.start_node("region-uppsala").await;
+    net.spawn_child("nspl-hub", bin);
+    let region = net.node("region-uppsala");
+    let hub_connected = || {
+        region
+            .peers()
+            .iter()
+            .any(|p| p.peer.as_str() == "nspl-hub" && p.channel == Channel::Open && p.connected)
+    };
+    let id = region
+        .submit(report_to("socialstyrelsen", 1, Precedence::Routine))
+        .await
+        .expect("submit");
+    wait_until(region, LONG, "the first receipt", || all_delivered(region, &id))
+        .await
+        .expect("delivered");
+    assert!(hub_connected(), "connected while traffic flows");
+
+    let pid = net.child_pid("nspl-hub").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let frozen = std::time::Instant::now();
+    // Silence is only visible as time passes: ask until it shows.
+    while hub_connected() {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(20),
+            "still shown connected {:?} after the hub fell silent",
+            frozen.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = frozen.elapsed();
+    println!("a silent peer shown not connected after {shown:?}");
+    // Default keep-alive 5 s: 2 × 5 s + 1 s, plus the link's look interval.
+    assert!(shown >= Duration::from_secs(5), "{shown:?}: too early");
+    signal("-CONT");
+    let resumed = std::time::Instant::now();
+    while !hub_connected() {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(20),
+            "not connected again after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    net.shutdown().await;
+}
