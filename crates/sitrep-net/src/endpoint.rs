@@ -377,9 +377,15 @@ async fn handshake(incoming: quinn::Incoming, ctx: Arc<Ctx>) -> Result<PeerConne
             tracing::warn!(%remote, %reason, "refused peer");
             NetError::Refused { peer: None, reason }
         }
+        // A client that does not trust our certificate is a stranger (or a
+        // misconfigured peer) as much as one we do not trust: a refusal, not
+        // a network failure.
         Some(TlsFailure::Remote) => {
             tracing::warn!(%remote, error = %e, "client refused our TLS handshake");
-            NetError::Connection(format!("client {remote} refused the TLS handshake: {e}"))
+            NetError::Refused {
+                peer: None,
+                reason: format!("client {remote} refused the TLS handshake: {e}"),
+            }
         }
         None => {
             tracing::info!(%remote, error = %e, "incoming handshake failed");

@@ -47,7 +47,8 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, channel: Channel) -> Result
                 conns.spawn(serve_connection(Arc::clone(&shared), channel, conn));
             }
             // A handshake that timed out or was reset is the network, not
-            // a peer breaking the rules: counted apart from refusals.
+            // a peer breaking the rules (a TLS refusal either way is
+            // `NetError::Refused`): counted apart from refusals.
             Some(Err(e @ (NetError::Connection(_) | NetError::Stream(_)))) => {
                 tracing::debug!(%channel, error = %shown(channel, &e.to_string()), "incoming connection failed");
                 shared.counters.inc(Event::ConnectionsFailed);
