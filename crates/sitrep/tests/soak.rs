@@ -220,6 +220,7 @@ fn a_steady_load_holds_its_rate_and_leaks_no_memory_or_files() {
     println!("soak: drained {:.1?} after the load stopped", settle.elapsed());
 
     let samples = samples.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let mut failures = Vec::new();
     for node in NODES {
         let mine: Vec<&Sample> = samples.iter().filter(|s| s.node == node).collect();
         // The baseline: the first sample at or after 5 minutes (short runs:
