@@ -153,7 +153,11 @@ impl HeaderInfo {
         if h.author.len() > MAX_AUTHOR_BYTES {
             return Err(HeaderError::AuthorTooLong(h.author.len()));
         }
-        if h.expires_unix_ms <= h.created_unix_ms || h.expires_unix_ms - h.created_unix_ms > MAX_LIFETIME_MS {
+        if h.expires_unix_ms <= h.created_unix_ms
+            || h.expires_unix_ms
+                .checked_sub(h.created_unix_ms)
+                .is_none_or(|lifetime| lifetime > MAX_LIFETIME_MS)
+        {
             return Err(HeaderError::BadLifetime {
                 created_ms: h.created_unix_ms,
                 expires_ms: h.expires_unix_ms,
@@ -881,6 +885,40 @@ mod tests {
         assert!(matches!(
             seal_from_uppsala_result(&f, &d),
             Err(SealError::Header(HeaderError::BadLifetime { .. }))
+        ));
+    }
+
+    /// A creation time so far before the expiry that the lifetime does not
+    /// fit in an i64 is a bad lifetime. Found by an AFL++ fuzz target of
+    /// the envelope (still being written, not on main): the subtraction overflowed, a panic with overflow
+    /// checks, on bytes any peer sends (a refused transfer's header is
+    /// peeked at for the log), and without them a negative lifetime that
+    /// passed the 30-day bound.
+    #[test]
+    fn a_lifetime_too_long_to_subtract_is_refused() {
+        // The fuzzer's input, minimised: a header from region-uppsala
+        // created at i64::MIN, with no expiry (0).
+        const HEADER: &[u8] = b"\x0a\x100000000000000000\x12\x0eregion-uppsala\x1a\x03000\x20\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01R\x0800000000Z\x100000000000000000";
+        let h = pb::Header::decode(HEADER).expect("decodes");
+        assert_eq!((h.created_unix_ms, h.expires_unix_ms), (i64::MIN, 0));
+        assert!(matches!(
+            HeaderInfo::from_proto(&h),
+            Err(HeaderError::BadLifetime { .. })
+        ));
+        // Signed by its origin, expiring tomorrow: refused, not taken.
+        let f = net();
+        let env = seal_from_uppsala(&f, &draft(&["msb"], b"x"));
+        let mut forged =
+            pb::Envelope::decode(rebuild(&env.bytes, |h, _| h.created_unix_ms = i64::MIN + 1).as_slice())
+                .expect("decodes");
+        forged.signature = f
+            .node("region-uppsala")
+            .signing
+            .sign(ENVELOPE_DOMAIN, &forged.sealed)
+            .to_vec();
+        assert!(matches!(
+            verify(&forged.encode_to_vec(), &f.roster, NOW),
+            Err(OpenError::InvalidHeader(HeaderError::BadLifetime { .. }))
         ));
     }
 
