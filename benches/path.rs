@@ -538,8 +538,7 @@ impl FrameRecorder for Recorder {
         };
         let (id, transfer) = match f.kind {
             Some(pb::frame::Kind::Transfer(t)) => {
-                let Some(env) = t.envelope else { return };
-                let Ok(h) = envelope::peek_header(&env.encode_to_vec()) else {
+                let Ok(h) = envelope::peek_header(&t.envelope) else {
                     return;
                 };
                 (h.id, true)

@@ -589,7 +589,7 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         let committed = match inner.index.read() {
             Ok(snap) => {
                 let mut room = Room::new(inner, &jobs);
-                for job in &jobs {
+                for job in &mut jobs {
                     if let Err(reason) = room.admit(&group, &job.ops) {
                         results.push(Err(StoreError::Full {
                             path: inner.path.clone(),
@@ -597,7 +597,9 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
                         }));
                         continue;
                     }
-                    let r = eval_job(inner, &snap, &mut group, &job.ops, &mut counters, records.len());
+                    // The ops move into the job's log record (envelopes not copied).
+                    let ops = std::mem::take(&mut job.ops);
+                    let r = eval_job(inner, &snap, &mut group, ops, &mut counters, records.len());
                     results.push(r.map(|(outcomes, record)| {
                         records.push(record);
                         outcomes
@@ -1010,16 +1012,16 @@ fn replay(index: &Index, log: &Log, path: &str, from: Position) -> Result<u64> {
 
 /// One job as a log record; `cursors` holds, per op, the inbox cursor it
 /// was given (0: none; missing entries count as 0).
-fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
+fn encode_job(ops: Vec<Op>, cursors: &[u64]) -> Vec<u8> {
     let strings = |v: &[NodeId]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     let ops = ops
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(n, op)| match op {
             Op::Ingest(i) => OpPb {
                 kind: op_kind::INGEST,
                 id: i.id.as_bytes().to_vec(),
-                envelope: i.envelope.clone(),
+                envelope: i.envelope,
                 precedence: i.precedence.to_proto() as i32,
                 expires_ms: i.expires_ms,
                 now_ms: i.now_ms,
@@ -1043,7 +1045,7 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 kind: op_kind::FORWARDED,
                 id: id.as_bytes().to_vec(),
                 node: next_hop.to_string(),
-                now_ms: *now_ms,
+                now_ms,
                 ..OpPb::default()
             },
             Op::Rejected {
@@ -1055,8 +1057,8 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 kind: op_kind::REJECTED,
                 id: id.as_bytes().to_vec(),
                 node: next_hop.to_string(),
-                reason: reason.clone(),
-                now_ms: *now_ms,
+                reason,
+                now_ms,
                 ..OpPb::default()
             },
             Op::Delivered {
@@ -1067,12 +1069,12 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 kind: op_kind::DELIVERED,
                 id: id.as_bytes().to_vec(),
                 node: recipient.to_string(),
-                now_ms: *delivered_ms,
+                now_ms: delivered_ms,
                 ..OpPb::default()
             },
             Op::ExpireDue { now_ms } => OpPb {
                 kind: op_kind::EXPIRE_DUE,
-                now_ms: *now_ms,
+                now_ms,
                 ..OpPb::default()
             },
         })
@@ -1392,7 +1394,7 @@ fn eval_job(
     inner: &Inner,
     snap: &Snapshot,
     group: &mut Group,
-    ops: &[Op],
+    ops: Vec<Op>,
     counters: &mut Counters,
     slot: usize,
 ) -> Result<(Vec<Outcome>, Vec<u8>)> {
@@ -1404,7 +1406,7 @@ fn eval_job(
         snap,
         &inner.path,
         &group.pending,
-        ops,
+        &ops,
         &[],
         counters,
         BodyAt::Pending,
@@ -1850,7 +1852,7 @@ mod tests {
         #[test]
         fn a_job_record_decodes_to_the_same_job(ops in proptest::collection::vec(op(), 0..5)) {
             let cursors: Vec<u64> = (0..ops.len() as u64).map(|n| n * 7).collect();
-            let bytes = encode_job(&ops, &cursors);
+            let bytes = encode_job(ops.clone(), &cursors);
             let (back, back_cursors) = decode_job(Position::START, &bytes).expect("own encoding decodes");
             // `Op` has no `PartialEq`: compare the debug forms and the re-encoding.
             prop_assert_eq!(format!("{ops:?}"), format!("{back:?}"));
@@ -1860,7 +1862,7 @@ mod tests {
                 .map(|(op, c)| if matches!(op, Op::Ingest(_)) { *c } else { 0 })
                 .collect();
             prop_assert_eq!(&back_cursors, &want);
-            prop_assert_eq!(encode_job(&back, &back_cursors), bytes);
+            prop_assert_eq!(encode_job(back, &back_cursors), bytes);
         }
 
         #[test]
