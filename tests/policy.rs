@@ -155,7 +155,7 @@ async fn a_lowered_clearance_stops_queued_classified_messages() {
         }
     });
     // The file reload, as SIGHUP does it (reissue_roster wrote roster.bin).
-    assert_eq!(hub.roster_reloader().reload().expect("newer roster taken"), 2);
+    assert_eq!(hub.reloader().reload_roster().expect("newer roster taken"), 2);
     assert_eq!(hub.roster().serial, 2);
     // An older or the same roster is refused afterwards.
     assert!(hub.replace_roster(&bytes).is_err());

@@ -45,5 +45,5 @@ pub use config::{Config, ConfigError};
 pub use error::{NodeError, RosterUpdateError, SubmitError};
 pub use event::NodeEvent;
 pub use metrics::Counters;
-pub use node::{Node, RosterReloader};
-pub use service::{Content, PeerStatus, Received, Submission};
+pub use node::{Node, Reloader};
+pub use service::{Content, PeerChanges, PeerStatus, Received, Submission};

@@ -82,21 +82,38 @@ pub(crate) async fn run(shared: Arc<Shared>, channel: Channel, link: Arc<Link>) 
         // Connect.
         let generation = *lock(&link.generation);
         let addr = *lock(&link.addr);
-        let conn = tokio::select! {
-            () = shared.cancel.cancelled() => return Ok(()),
-            r = tokio::time::timeout(CONNECT_TIMEOUT, rt.endpoint.connect(&link.peer, addr)) => match r {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => {
-                    note_error(channel, &link, e.to_string());
-                    if wait(&shared, &link, backoff.next_delay()).await { return Ok(()); }
-                    continue;
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, rt.endpoint.connect(&link.peer, addr));
+        tokio::pin!(connect);
+        // A move (SIGHUP with a new address) abandons an attempt at the old
+        // one at once; other wake-ups (copies queued) leave it running.
+        let attempt = loop {
+            tokio::select! {
+                () = shared.cancel.cancelled() => return Ok(()),
+                () = link.wake.notified() => {
+                    if *lock(&link.generation) != generation {
+                        break None;
+                    }
                 }
-                Err(_) => {
-                    note_error(channel, &link, format!("connect to {addr} timed out"));
-                    if wait(&shared, &link, backoff.next_delay()).await { return Ok(()); }
-                    continue;
+                r = &mut connect => break Some(r),
+            }
+        };
+        let Some(attempt) = attempt else { continue };
+        let conn = match attempt {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                note_error(channel, &link, e.to_string());
+                if wait(&shared, &link, backoff.next_delay()).await {
+                    return Ok(());
                 }
-            },
+                continue;
+            }
+            Err(_) => {
+                note_error(channel, &link, format!("connect to {addr} timed out"));
+                if wait(&shared, &link, backoff.next_delay()).await {
+                    return Ok(());
+                }
+                continue;
+            }
         };
         backoff.reset();
         {

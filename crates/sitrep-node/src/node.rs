@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::error::{NodeError, RosterUpdateError, SubmitError};
 use crate::event::NodeEvent;
 use crate::metrics::Counters;
-use crate::service::{PeerStatus, Received, Service, Submission};
+use crate::service::{PeerChanges, PeerStatus, Received, Service, Submission};
 use crate::shared::{ChannelRt, PeerGate, RosterCell, Shared, lock};
 
 /// A running node.
@@ -181,10 +181,11 @@ impl Node {
         true
     }
 
-    /// A handle that reloads the roster file (what SIGHUP does).
+    /// A handle that reloads the roster file and moves peers to new
+    /// addresses (what SIGHUP does).
     #[must_use]
-    pub fn roster_reloader(&self) -> RosterReloader {
-        RosterReloader(self.service.clone())
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.service.clone())
     }
 
     /// Replaces the roster with a newer signed one (higher serial, valid
@@ -335,17 +336,28 @@ impl Node {
     }
 }
 
-/// Reloads the roster file of a running node.
+/// What a running node takes from its files again (SIGHUP): the roster,
+/// and its peers' addresses.
 #[derive(Debug, Clone)]
-pub struct RosterReloader(Service);
+pub struct Reloader(Service);
 
-impl RosterReloader {
+impl Reloader {
     /// Reads the configured roster file and replaces the roster in use.
     ///
     /// # Errors
     /// [`RosterUpdateError`]; the roster in use stays.
-    pub fn reload(&self) -> Result<u64, RosterUpdateError> {
+    pub fn reload_roster(&self) -> Result<u64, RosterUpdateError> {
         self.0.reload_roster()
+    }
+
+    /// Points each link at the address `config` gives its peer (a peer that
+    /// moved: its connection is dropped and the next one goes to the new
+    /// address, with everything queued for it). Peers added to or removed
+    /// from the config need a restart; they are reported, not started or
+    /// stopped. Nothing else of `config` is applied.
+    #[must_use]
+    pub fn move_peers(&self, config: &Config) -> PeerChanges {
+        self.0.move_peers(&config.peers)
     }
 }
 

@@ -875,6 +875,33 @@ impl Service {
         Ok(())
     }
 
+    /// Points each link at the address `peers` gives its peer, and says
+    /// what changed: links moved, and configured peers without a link (or
+    /// links without a configured peer), which only a restart adds or
+    /// removes.
+    pub(crate) fn move_peers(&self, peers: &[crate::config::PeerConfig]) -> PeerChanges {
+        let mut changes = PeerChanges::default();
+        for p in peers {
+            match self.0.channels.get(&p.channel).and_then(|c| c.links.get(&p.id)) {
+                Some(link) => {
+                    if *lock(&link.addr) != p.address {
+                        link.move_to(p.address);
+                        changes.moved.push((p.channel, p.id.clone(), p.address));
+                    }
+                }
+                None => changes.not_running.push((p.channel, p.id.clone())),
+            }
+        }
+        for (channel, rt) in &self.0.channels {
+            for id in rt.links.keys() {
+                if !peers.iter().any(|p| p.channel == *channel && &p.id == id) {
+                    changes.not_configured.push((*channel, id.clone()));
+                }
+            }
+        }
+        changes
+    }
+
     /// Reads the configured roster file and replaces the roster in use.
     pub(crate) fn reload_roster(&self) -> Result<u64, RosterUpdateError> {
         let bytes = std::fs::read(&self.0.roster_path).map_err(|e| RosterUpdateError::Read(e.to_string()))?;
@@ -956,4 +983,17 @@ fn check_recipients(recipients: &[NodeId]) -> Result<(), SubmitError> {
         return Err(bad(format!("{dup} is listed twice")));
     }
     Ok(())
+}
+
+/// What a reload of the peers' addresses changed ([`crate::Reloader::move_peers`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerChanges {
+    /// Links now pointed at a new address: channel, peer, address.
+    pub moved: Vec<(Channel, NodeId, SocketAddr)>,
+    /// Peers in the config with no link running (added since the start):
+    /// a restart starts them.
+    pub not_running: Vec<(Channel, NodeId)>,
+    /// Links running for peers no longer in the config: they go on until a
+    /// restart.
+    pub not_configured: Vec<(Channel, NodeId)>,
 }

@@ -29,8 +29,8 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         }
         out.flush()?;
         drop(out);
-        let reloader = node.roster_reloader();
-        let sighup = tokio::spawn(reload_on_sighup(reloader));
+        let reloader = node.reloader();
+        let sighup = tokio::spawn(reload_on_sighup(reloader, path.to_path_buf()));
         let result = node.run_until(shutdown_signal()).await;
         sighup.abort();
         result?;
@@ -53,23 +53,51 @@ fn init_logging(level: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: reload the roster file; a bad one is refused and the old one stays.
-async fn reload_on_sighup(reloader: sitrep_node::RosterReloader) {
+/// SIGHUP: reload the roster file (a bad one is refused and the old one
+/// stays), then the config file's peer addresses (a peer that moved is
+/// reached at its new address at once; a config that does not load changes
+/// nothing). Nothing else of the config is applied: that needs a restart.
+async fn reload_on_sighup(reloader: sitrep_node::Reloader, config: std::path::PathBuf) {
     #[cfg(unix)]
     {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::error!("cannot listen for SIGHUP; roster reload by signal is off");
+            tracing::error!("cannot listen for SIGHUP; reload by signal is off");
             return;
         };
         while hup.recv().await.is_some() {
-            match reloader.reload() {
+            match reloader.reload_roster() {
                 Ok(serial) => tracing::info!(serial, "SIGHUP: roster reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: roster refused; keeping the one in use"),
             }
+            move_peers(&reloader, &config);
         }
     }
     #[cfg(not(unix))]
-    drop(reloader);
+    drop((reloader, config));
+}
+
+/// The peer addresses part of a SIGHUP.
+fn move_peers(reloader: &sitrep_node::Reloader, path: &Path) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: config not reloaded; peer addresses unchanged");
+            return;
+        }
+    };
+    let changes = reloader.move_peers(&config);
+    for (channel, peer, address) in &changes.moved {
+        tracing::info!(%channel, %peer, %address, "SIGHUP: peer moved; reconnecting there");
+    }
+    for (channel, peer) in &changes.not_running {
+        tracing::warn!(%channel, %peer, "SIGHUP: a peer added to the config starts at the next restart");
+    }
+    for (channel, peer) in &changes.not_configured {
+        tracing::warn!(%channel, %peer, "SIGHUP: a peer removed from the config is sent to until the next restart");
+    }
+    if changes.moved.is_empty() {
+        tracing::info!("SIGHUP: no peer address changed");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

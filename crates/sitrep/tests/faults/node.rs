@@ -310,6 +310,19 @@ impl Cluster {
         self.apis.insert(site.node_id(), Api::new(&self.lab.ns(site)));
     }
 
+    /// Rewrites `site`'s config as it should run now and sends its node
+    /// SIGHUP (the roster file and the peers' addresses are read again).
+    pub(crate) fn reload(&self, site: Site) {
+        let proc = self
+            .procs
+            .get(site.node_id())
+            .unwrap_or_else(|| panic!("{} is not running", site.node_id()));
+        self.write_config(site);
+        let pid = proc.child.id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status();
+        assert!(matches!(sent, Ok(s) if s.success()), "kill -HUP {pid}");
+    }
+
     /// SIGTERM to `site`'s node; waits for it to exit 0.
     pub(crate) fn stop(&mut self, site: Site) {
         self.apis.remove(site.node_id());
