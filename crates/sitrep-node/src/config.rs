@@ -468,6 +468,25 @@ impl Config {
         if !path.is_file() {
             return Err(err(file_key, "not found"));
         }
+        let text = std::fs::read_to_string(path).map_err(|e| err(&file_key, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &file_key, base, env)
+    }
+
+    /// Parses and validates the text of a config file, with overrides from
+    /// `env`: what [`Config::load_with_env`] does once it has read the file.
+    /// `origin` names the text in errors about its syntax and shape (`file
+    /// node.toml`); relative paths in it are taken from `base`, where the
+    /// files it names must exist.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         // Only SITREP_<SECTION>__<KEY> overrides config keys; plain SITREP_API
         // and SITREP_TOKEN belong to the client commands.
         let overrides: HashMap<String, String> = env
@@ -475,7 +494,7 @@ impl Config {
             .filter(|(k, _)| k.strip_prefix("SITREP_").is_some_and(|rest| rest.contains("__")))
             .collect();
         let raw: RawConfig = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("SITREP")
                     .prefix_separator("_")
@@ -485,8 +504,7 @@ impl Config {
             )
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| err(file_key, e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+            .map_err(|e| err(origin, e.to_string()))?;
         Self::validate(raw, base)
     }
 
