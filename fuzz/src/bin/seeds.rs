@@ -4,7 +4,7 @@
 //! after changing a wire format or the fuzzing network:
 //!
 //! ```text
-//! cd fuzz && cargo afl run --release --bin seeds
+//! fuzz/run seeds
 //! ```
 //!
 //! Sealing draws fresh message ids and content keys, so the envelope files
