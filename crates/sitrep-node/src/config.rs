@@ -493,8 +493,30 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.strip_prefix("SITREP_").is_some_and(|rest| rest.contains("__")))
             .collect();
+        // The `config` crate reads the top-level keys of each source (and the
+        // names of the variables) as paths, where `[N]` is an index into an
+        // array it grows to N: `"a[92222222222222]" = 1` aborted the node
+        // allocating petabytes. No key of ours needs more than letters, digits
+        // and `_`, so anything else is refused before `config` sees it.
+        if let Some(name) = overrides.keys().find(|k| !is_plain_key(k)) {
+            return Err(err(
+                format!("environment variable {}", name.escape_debug()),
+                "not a config key: SITREP_<SECTION>__<KEY> with letters, digits and _ only",
+            ));
+        }
+        let file = config::File::from_str(text, config::FileFormat::Toml);
+        let top = config::Source::collect(&file).map_err(|e| err(origin, e.to_string()))?;
+        if let Some(key) = top.keys().find(|k| !is_plain_key(k)) {
+            return Err(err(
+                origin,
+                format!(
+                    "{:?} is not a section of the config (node, channels, peers, routes, api, limits, log, feeds)",
+                    key
+                ),
+            ));
+        }
         let raw: RawConfig = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(file)
             .add_source(
                 config::Environment::with_prefix("SITREP")
                     .prefix_separator("_")
@@ -774,6 +796,11 @@ impl Config {
             feeds,
         })
     }
+}
+
+/// A key the `config` crate takes as a name, not as a path: letters, digits, `_`.
+fn is_plain_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Validates `[[feeds]]`: names unique and well formed, on a channel this
