@@ -57,6 +57,24 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if std::env::var_os("SITREP_COMPARE_HOP_ONLY").is_some() {
+        // sitrep's hop alone, for profiling it (no NATS, no ratio).
+        let n = bench_n()?;
+        let rt = runtime()?;
+        let result = rt.block_on(async {
+            let hop = hop_only(n).await?;
+            println!(
+                "compare.sitrep_hop reports_per_s={:.0} n={n} elapsed_s={:.3} cpu_us_per_msg={:.0} {}",
+                hop.per_s,
+                hop.elapsed.as_secs_f64(),
+                hop.load.cpu_us_per_msg(hop.elapsed, n),
+                hop.load
+            );
+            anyhow::Ok(())
+        });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        return result;
+    }
     let Some(server) = std::env::var_os("SITREP_NATS_SERVER") else {
         println!(
             "compare: skipped (SITREP_NATS_SERVER, the path to a nats-server binary, is not set; \
@@ -64,6 +82,20 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     };
+    let n = bench_n()?;
+    // The NATS client takes rustls' process-wide provider; with both ring
+    // and aws-lc-rs in the build (the browser tests' WebDriver client brings
+    // the latter) none is chosen by default. The node uses ring explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = runtime()?;
+    let result = rt.block_on(run(PathBuf::from(server), n));
+    // Never hang on the way out, whatever state an error left the nodes in.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+/// `SITREP_BENCH_N`, or [`DEFAULT_N`].
+fn bench_n() -> anyhow::Result<usize> {
     let n = match std::env::var("SITREP_BENCH_N") {
         Ok(v) => v
             .trim()
@@ -72,24 +104,26 @@ fn main() -> anyhow::Result<()> {
         Err(_) => DEFAULT_N,
     };
     ensure!(n > 0, "SITREP_BENCH_N must be positive");
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    Ok(n)
+}
+
+/// Two worker threads: the machine's two cores.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("tokio runtime")?;
-    let result = rt.block_on(run(PathBuf::from(server), n));
-    // Never hang on the way out, whatever state an error left the nodes in.
-    rt.shutdown_timeout(Duration::from_secs(5));
-    result
+        .context("tokio runtime")
 }
 
 async fn run(server: PathBuf, n: usize) -> anyhow::Result<()> {
     let nats = nats(&server, n).await.context("NATS JetStream run")?;
     println!(
         "compare.nats msgs_per_s={:.0} n={n} in_flight={IN_FLIGHT} payload_bytes={PAYLOAD_BYTES} elapsed_s={:.3} \
-         server={} storage=file sync_always=true tls=mutual {} server_pct={:.1}",
+         cpu_us_per_msg={:.0} server={} storage=file sync_always=true tls=mutual {} server_pct={:.1}",
         nats.per_s,
         nats.elapsed.as_secs_f64(),
+        nats.load.cpu_us_per_msg(nats.elapsed, n),
         nats.version,
         nats.load,
         nats.load.per_process_pct.get(1).copied().unwrap_or_default(),
@@ -97,13 +131,27 @@ async fn run(server: PathBuf, n: usize) -> anyhow::Result<()> {
     let sitrep = one_hop(n).await.context("sitrep one hop run")?;
     println!(
         "compare.sitrep_one_hop reports_per_s={:.0} n={n} in_flight={IN_FLIGHT} report_bytes={PAYLOAD_BYTES} \
-         elapsed_s={:.3} all_submitted_s={:.3} {}",
+         elapsed_s={:.3} cpu_us_per_msg={:.0} all_submitted_s={:.3} {}",
         sitrep.per_s,
         sitrep.elapsed.as_secs_f64(),
+        sitrep.load.cpu_us_per_msg(sitrep.elapsed, n),
         sitrep.submitted.as_secs_f64(),
         sitrep.load,
     );
-    println!("compare.ratio sitrep/nats={:.2}", sitrep.per_s / nats.per_s);
+    let hop = hop_only(n).await.context("sitrep hop run")?;
+    println!(
+        "compare.sitrep_hop reports_per_s={:.0} n={n} in_flight={IN_FLIGHT} report_bytes={PAYLOAD_BYTES} \
+         elapsed_s={:.3} cpu_us_per_msg={:.0} {}",
+        hop.per_s,
+        hop.elapsed.as_secs_f64(),
+        hop.load.cpu_us_per_msg(hop.elapsed, n),
+        hop.load,
+    );
+    println!(
+        "compare.ratio sitrep_one_hop/nats={:.2} sitrep_hop/nats={:.2}",
+        sitrep.per_s / nats.per_s,
+        hop.per_s / nats.per_s
+    );
     Ok(())
 }
 
@@ -221,6 +269,15 @@ struct Load {
     /// Everything else on the machine.
     others_pct: f64,
     loadavg_1m: String,
+}
+
+impl Load {
+    /// CPU time this process (and the NATS server, in its run) spent per
+    /// message over a run of `n` messages that took `elapsed`, in µs.
+    fn cpu_us_per_msg(&self, elapsed: Duration, n: usize) -> f64 {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
+        self.bench_pct / 100.0 * cpus * elapsed.as_secs_f64() * 1e6 / n as f64
+    }
 }
 
 impl std::fmt::Display for Load {
@@ -548,6 +605,58 @@ async fn one_hop(n: usize) -> anyhow::Result<OneHop> {
 /// Submits `n` reports (numbered from `first`) and waits until the hub has
 /// taken custody of all of them: from the first submit, until then and
 /// until the last submit returned.
+/// DESIGN §10's one hop alone: the region holds `n` reports already
+/// sealed, signed and durable in its outbox (submitted while the hub was
+/// down); the hub comes up and the region sends them, 64 in flight; the hub
+/// verifies each, makes it durable and answers `Accepted`, and the region
+/// records custody. Timed from the hub being up until its `accepted`
+/// counter reaches `n`: the sender → receiver hop without the origin's
+/// sealing (which `one_hop` includes).
+async fn hop_only(n: usize) -> anyhow::Result<OneHop> {
+    let template = Arc::new(reports::report_template(PAYLOAD_BYTES)?);
+    let mut net = Arc::new(TestNet::prepare(&line()));
+    let setup = Arc::get_mut(&mut net).ok_or_else(|| anyhow!("the test net is shared"))?;
+    setup.start_node(HUB).await;
+    setup.start_node(REGION).await;
+    // Warm up through the live link, then take the hub down.
+    to_custody(&net, &template, 0, WARMUP).await.context("warm-up")?;
+    let setup = Arc::get_mut(&mut net).ok_or_else(|| anyhow!("the test net is shared"))?;
+    setup.stop(HUB).await;
+    let deadline = Instant::now() + timeout(n);
+    submit_all(&net, &template, WARMUP, n, deadline)
+        .await
+        .context("fill")?;
+    let setup = Arc::get_mut(&mut net).ok_or_else(|| anyhow!("the test net is shared"))?;
+    let meter = LoadMeter::start(&["self"])?;
+    setup.start_node(HUB).await;
+    let t0 = Instant::now();
+    let hub = net.node(HUB);
+    let mut rx = hub.watch();
+    loop {
+        rx.mark_unchanged();
+        let accepted = hub.counters().get("accepted");
+        if accepted >= n as u64 {
+            break;
+        }
+        tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .map_err(|_| anyhow!("timed out with {accepted} of {n} in the hub's custody"))?
+            .map_err(|_| anyhow!("the hub stopped"))?;
+    }
+    let elapsed = t0.elapsed();
+    let load = meter.finish()?;
+    Arc::try_unwrap(net)
+        .map_err(|_| anyhow!("the test net is still shared"))?
+        .shutdown()
+        .await;
+    Ok(OneHop {
+        per_s: n as f64 / elapsed.as_secs_f64(),
+        elapsed,
+        submitted: Duration::ZERO,
+        load,
+    })
+}
+
 async fn to_custody(
     net: &Arc<TestNet>,
     template: &Arc<pb::SituationReport>,

@@ -145,10 +145,12 @@ async fn run(p: Params) -> anyhow::Result<()> {
     let delivered_per_s = p.n as f64 / s.delivered.as_secs_f64();
     println!(
         "path.sustained reports_per_s={delivered_per_s:.0} n={} in_flight={IN_FLIGHT} last_delivery_s={:.3} \
-         all_accepted_s={:.3} report_bytes={REPORT_BYTES}",
+         all_accepted_s={:.3} cpu_us_per_report={:.0} cpu_pct={:.1} report_bytes={REPORT_BYTES}",
         p.n,
         s.delivered.as_secs_f64(),
         s.accepted.as_secs_f64(),
+        s.cpu.as_secs_f64() * 1e6 / p.n as f64,
+        100.0 * s.cpu.as_secs_f64() / s.receipts.as_secs_f64() / 2.0,
     );
     println!(
         "path.receipts all_back_s={:.3} reports_per_s={:.0} n={}",
@@ -302,6 +304,8 @@ struct Sustained {
     receipts: Duration,
     /// First submit to the last submit returning (durable at the region).
     accepted: Duration,
+    /// CPU time of the whole process (three nodes) until the last receipt.
+    cpu: Duration,
 }
 
 async fn sustained(
@@ -312,6 +316,7 @@ async fn sustained(
     let deadline = Instant::now() + Params::timeout(n);
     let delivered = collect(net.node(AUTHORITY).events(), Want::Delivered, n, deadline);
     let receipts = collect(net.node(REGION).events(), Want::Receipt, n, deadline);
+    let cpu0 = process_cpu()?;
     let t0 = Instant::now();
     let ids: Vec<MessageId> = submit_all(net, template, n, deadline)
         .await?
@@ -321,6 +326,7 @@ async fn sustained(
     let accepted = t0.elapsed();
     let delivered = join(delivered).await?;
     let receipts = join(receipts).await?;
+    let cpu = process_cpu()?.saturating_sub(cpu0);
     let last = |m: &HashMap<MessageId, Instant>| -> anyhow::Result<Duration> {
         let mut last = t0;
         for id in &ids {
@@ -335,7 +341,28 @@ async fn sustained(
         delivered: last(&delivered)?,
         receipts: last(&receipts)?,
         accepted,
+        cpu,
     })
+}
+
+/// CPU time (user and system) this process has used, from `/proc/self/stat`
+/// (in clock ticks of 1/100 s, Linux's fixed USER_HZ).
+fn process_cpu() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").context("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("/proc/self/stat without a command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| anyhow!("/proc/self/stat field {} unreadable", i + 3))
+    };
+    // utime and stime are fields 14 and 15.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 /// Submits `n` reports at the region, [`IN_FLIGHT`] at a time, as fast as it takes them.
@@ -538,8 +565,7 @@ impl FrameRecorder for Recorder {
         };
         let (id, transfer) = match f.kind {
             Some(pb::frame::Kind::Transfer(t)) => {
-                let Some(env) = t.envelope else { return };
-                let Ok(h) = envelope::peek_header(&env.encode_to_vec()) else {
+                let Ok(h) = envelope::peek_header(&t.envelope) else {
                     return;
                 };
                 (h.id, true)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sitrep_core::{MessageId, NodeId, Precedence};
-use sitrep_store::{Copy, Ingest, Op, SledStore, Storage};
+use sitrep_store::{ChannelStore, Copy, Ingest, Op, Storage};
 use tokio::task::JoinSet;
 
 /// A sealed 4 KiB report's envelope (what the path bench measures: 4,386 bytes).
@@ -26,7 +26,7 @@ fn n(s: &str) -> NodeId {
 }
 
 /// One report's three jobs, in order, as concurrent callers would send them.
-async fn report(store: Arc<SledStore>, seq: u64) {
+async fn report(store: Arc<ChannelStore>, seq: u64) {
     let now = 1_790_000_000_000_i64;
     let mut random = [0u8; 10];
     random[2..].copy_from_slice(&seq.to_be_bytes());
@@ -63,7 +63,7 @@ async fn report(store: Arc<SledStore>, seq: u64) {
 }
 
 /// Runs `count` reports from `start`, `IN_FLIGHT` at a time.
-async fn run(store: &Arc<SledStore>, start: u64, count: u64) {
+async fn run(store: &Arc<ChannelStore>, start: u64, count: u64) {
     let mut tasks = JoinSet::new();
     for seq in start..start + count {
         if tasks.len() >= IN_FLIGHT {
@@ -102,7 +102,7 @@ fn store_alone(c: &mut Criterion) {
         .expect("runtime");
     restart(&rt);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SledStore::open(dir.path()).expect("store opens"));
+    let store = Arc::new(ChannelStore::open(dir.path()).expect("store opens"));
 
     // A fixed run first, for the rate and the device bytes per report.
     const REPORTS: u64 = 5_000;
@@ -169,7 +169,7 @@ fn store_alone(c: &mut Criterion) {
 }
 
 /// Ingest only: a report taken into custody and queued for a hop that is down.
-async fn backlog(store: Arc<SledStore>, seq: u64) {
+async fn backlog(store: Arc<ChannelStore>, seq: u64) {
     let now = 1_790_000_000_000_i64;
     let mut random = [0u8; 10];
     random[2..].copy_from_slice(&seq.to_be_bytes());
@@ -202,7 +202,7 @@ fn restart(rt: &tokio::runtime::Runtime) {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SledStore::open(dir.path()).expect("store opens"));
+    let store = Arc::new(ChannelStore::open(dir.path()).expect("store opens"));
     let t0 = Instant::now();
     rt.block_on(async {
         let mut tasks = JoinSet::new();
@@ -220,7 +220,7 @@ fn restart(rt: &tokio::runtime::Runtime) {
     store.close();
     drop(store);
     let t1 = Instant::now();
-    let store = SledStore::open(dir.path()).expect("store reopens");
+    let store = ChannelStore::open(dir.path()).expect("store reopens");
     let opened = t1.elapsed();
     let depth: u64 = store.outbox_stats().iter().map(|s| s.depth).sum();
     assert_eq!(depth, count, "every queued report is still queued");

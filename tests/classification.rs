@@ -87,8 +87,7 @@ fn transfer_class(wire: &[u8]) -> Option<Class> {
     let frame = decode_body(wire.get(PREFIX_LEN..).unwrap_or_default()).expect("a recorded frame decodes");
     match frame.kind {
         Some(Kind::Transfer(t)) => {
-            let env = t.envelope.expect("a recorded transfer carries an envelope");
-            let header = envelope::peek_header(&env.encode_to_vec()).expect("a recorded header decodes");
+            let header = envelope::peek_header(&t.envelope).expect("a recorded header decodes");
             Some(header.label.class)
         }
         _ => None,
@@ -292,7 +291,7 @@ fn seal(roster: &Roster, signing: &SigningKey, class: Class, dest: &str) -> (Mes
 fn transfer(env: Envelope, dest: &str) -> Frame {
     Frame {
         kind: Some(Kind::Transfer(Transfer {
-            envelope: Some(env),
+            envelope: env.encode_to_vec(),
             hop_count: 1,
             serves: vec![dest.to_owned()],
         })),

@@ -68,7 +68,7 @@ fn valid_report(net: &TestNet) -> (MessageId, Envelope) {
 fn transfer(env: &Envelope, hop_count: u32) -> Frame {
     Frame {
         kind: Some(Kind::Transfer(Transfer {
-            envelope: Some(env.clone()),
+            envelope: env.encode_to_vec(),
             hop_count,
             serves: Vec::new(),
         })),

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use crate::error::{TlsFailure, tls_failure};
 use crate::limits::{
     ACCEPT_QUEUE, INCOMING_BUFFER_BYTES, INCOMING_BUFFER_BYTES_TOTAL, MAX_INCOMING, MAX_PENDING_HANDSHAKES,
+    UDP_BUFFER_BYTES,
 };
 use crate::tls::{self, Part, TlsIdentity};
 use crate::{NetError, PeerConnection, TransportLimits, close_code};
@@ -75,6 +76,28 @@ struct Ctx {
     peers: Arc<PeerTable>,
     policy: Arc<dyn PeerPolicy>,
     recorder: Option<Arc<dyn FrameRecorder>>,
+}
+
+/// Asks for [`UDP_BUFFER_BYTES`] of kernel buffer each way on `socket`, and
+/// warns (once per bind) if the kernel's caps gave less: bursts of
+/// datagrams would then be dropped under load and the links would slow down.
+fn size_socket_buffers(socket: &std::net::UdpSocket, channel: Channel) {
+    use rustix::net::sockopt;
+    let _ = sockopt::set_socket_recv_buffer_size(socket, UDP_BUFFER_BYTES);
+    let _ = sockopt::set_socket_send_buffer_size(socket, UDP_BUFFER_BYTES);
+    // Linux reports twice what it grants (the other half is its overhead).
+    let recv = sockopt::socket_recv_buffer_size(socket).unwrap_or(0) / 2;
+    let send = sockopt::socket_send_buffer_size(socket).unwrap_or(0) / 2;
+    if recv < UDP_BUFFER_BYTES || send < UDP_BUFFER_BYTES {
+        tracing::warn!(
+            channel = channel.as_str(),
+            recv_bytes = recv,
+            send_bytes = send,
+            want_bytes = UDP_BUFFER_BYTES,
+            "the kernel gave the QUIC socket smaller buffers than asked: bursts may be dropped \
+             and links slow down under load; raise net.core.rmem_max and net.core.wmem_max to at least {UDP_BUFFER_BYTES}"
+        );
+    }
 }
 
 /// Aborts the task when the endpoint is dropped, so it never outlives its owner.
@@ -163,6 +186,7 @@ impl ChannelEndpoint {
             source,
         };
         let socket = std::net::UdpSocket::bind(listen).map_err(io)?;
+        size_socket_buffers(&socket, channel);
         let mut endpoint =
             quinn::Endpoint::new(config, Some(server), socket, Arc::new(quinn::TokioRuntime)).map_err(io)?;
         endpoint.set_default_client_config(client);

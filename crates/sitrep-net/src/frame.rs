@@ -246,7 +246,7 @@ mod tests {
         for frame in [
             Frame {
                 kind: Some(Kind::Transfer(Transfer {
-                    envelope: None,
+                    envelope: vec![7; 40],
                     hop_count: 3,
                     serves: vec!["region-uppsala".into(), "msb".into()],
                 })),
@@ -290,7 +290,7 @@ mod tests {
             for frame in [
                 Frame { kind: Some(Kind::Accepted(Accepted { message_id: id.clone() })) },
                 Frame { kind: Some(Kind::Rejected(Rejected { code, reason: reason.clone(), permanent: code % 2 == 0 })) },
-                Frame { kind: Some(Kind::Transfer(Transfer { envelope: None, hop_count, serves: serves.clone() })) },
+                Frame { kind: Some(Kind::Transfer(Transfer { envelope: id.clone(), hop_count, serves: serves.clone() })) },
             ] {
                 let wire = encode_frame(&frame).expect("a small frame encodes");
                 let prefix: [u8; 4] = wire[..4].try_into().expect("4 bytes");

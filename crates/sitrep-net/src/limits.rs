@@ -71,6 +71,15 @@ pub(crate) const INCOMING_BUFFER_BYTES_TOTAL: u64 = 4 << 20;
 /// Verified connections waiting for [`ChannelEndpoint::accept`](crate::ChannelEndpoint::accept).
 pub(crate) const ACCEPT_QUEUE: usize = 16;
 
+/// 4 MiB: the kernel buffers asked for the endpoint's UDP socket, each way.
+/// A window of transfers arrives as one burst (64 reports ≈ 290 KB, ≈ 250
+/// datagrams), more than Linux's usual default of 208 KiB holds once each
+/// datagram's kernel overhead is counted; a datagram that does not fit is
+/// dropped, and QUIC reads the loss as congestion and slows the link down.
+/// The kernel caps the request at `net.core.rmem_max` / `wmem_max`; the
+/// endpoint warns at bind if it got less.
+pub(crate) const UDP_BUFFER_BYTES: usize = 4 << 20;
+
 /// Transport limits of one channel endpoint. Every field bounds what a peer can make us
 /// hold; see the `DEFAULT_*` constants for why each default is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

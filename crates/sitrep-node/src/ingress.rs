@@ -138,10 +138,7 @@ async fn handle(shared: Arc<Shared>, channel: Channel, conn: PeerConnection, t: 
     };
     // The id and class as claimed: unverified, but what the refusal was about.
     let claimed = match &t.frame.kind {
-        Some(pb::frame::Kind::Transfer(tr)) => tr
-            .envelope
-            .as_ref()
-            .and_then(|e| envelope::peek_header(&e.encode_to_vec()).ok()),
+        Some(pb::frame::Kind::Transfer(tr)) => envelope::peek_header(&tr.envelope).ok(),
         _ => None,
     };
     shared.refused(&Refused {
@@ -211,7 +208,8 @@ async fn ingest(
         .channels
         .get(&channel)
         .ok_or_else(|| Refusal::internal("channel not running"))?;
-    let bytes = tr.envelope.as_ref().map(|e| e.encode_to_vec());
+    // The bytes as the origin signed them (never re-encoded).
+    let bytes = (!tr.envelope.is_empty()).then(|| tr.envelope.clone());
     let now = now_ms();
     let roster = shared.roster.get();
     // Signature first: nothing in the header is believed before this.

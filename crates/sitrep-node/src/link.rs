@@ -376,8 +376,8 @@ async fn send_one(
     };
     // Egress policy, checked again against the roster in force now: a
     // clearance lowered since the copy was queued stops it here.
-    let (envelope, header) = match envelope::peek(&q.envelope) {
-        Ok(decoded) => decoded,
+    let header = match envelope::peek_header(&q.envelope) {
+        Ok(header) => header,
         Err(e) => {
             let detail = format!("stored envelope unreadable: {e}");
             return (
@@ -403,7 +403,7 @@ async fn send_one(
     }
     let frame = pb::Frame {
         kind: Some(pb::frame::Kind::Transfer(pb::Transfer {
-            envelope: Some(envelope),
+            envelope: q.envelope,
             hop_count: q.hop_count + 1,
             serves: q.serves.iter().map(ToString::to_string).collect(),
         })),

@@ -16,7 +16,7 @@ use sitrep_core::routing::RouteTable;
 use sitrep_core::{Channel, Class, MessageId, NodeId, PolicyError, Roster};
 use sitrep_crypto::{HpkeSecretKey, SigningKey};
 use sitrep_net::{ChannelEndpoint, PeerPolicy};
-use sitrep_store::SledStore;
+use sitrep_store::ChannelStore;
 use sitrep_store::audit::{AuditEntry, AuditLog};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -141,7 +141,7 @@ pub(crate) struct LinkState {
 pub(crate) struct ChannelRt {
     pub(crate) channel: Channel,
     pub(crate) max_class: Class,
-    pub(crate) store: SledStore,
+    pub(crate) store: ChannelStore,
     /// The store's directory (the feed state files live there too).
     pub(crate) dir: std::path::PathBuf,
     pub(crate) endpoint: ChannelEndpoint,
@@ -213,8 +213,8 @@ impl ChannelRt {
         sitrep_store::private::create_dir_all(&c.store)
             .map_err(|e| NodeError::config(&key("store"), e.to_string()))?;
         let store = match log_dir {
-            Some(dir) => SledStore::open_with(&c.store, dir, sitrep_store::log::LogConfig::default())?,
-            None => SledStore::open(&c.store)?,
+            Some(dir) => ChannelStore::open_with(&c.store, dir, sitrep_store::log::LogConfig::default())?,
+            None => ChannelStore::open(&c.store)?,
         };
         store.set_quota(config.limits.quota());
         let audit = AuditLog::open(&config.audit_log(channel))
@@ -443,8 +443,8 @@ impl Shared {
             event,
             id,
             peer: peer.cloned(),
-            channel: channel.to_string(),
-            class: class.map(|c| c.as_str().to_owned()),
+            channel: channel.as_str(),
+            class: class.map(Class::as_str),
             reason: reason.to_owned(),
         });
     }

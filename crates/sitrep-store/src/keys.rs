@@ -1,5 +1,5 @@
-//! Key layout of the single sled tree. One tree, prefixed keys, so a job
-//! is one atomic `apply_batch`.
+//! Key layout of the single index table. One table, prefixed keys, so a job
+//! is one atomic index transaction.
 //!
 //! | prefix | key | value |
 //! |---|---|---|

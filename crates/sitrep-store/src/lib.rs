@@ -1,6 +1,7 @@
-//! Durable store-and-forward storage for one channel of a sitrep node, on sled.
+//! Durable store-and-forward storage for one channel of a sitrep node: a
+//! segment log and its index.
 //!
-//! One [`SledStore`] per channel, each in its own directory (so the `secure`
+//! One [`ChannelStore`] per channel, each in its own directory (so the `secure`
 //! store can live on its own encrypted volume). It holds:
 //!
 //! - **messages**: the custody copy of each envelope this node must still
@@ -20,31 +21,39 @@
 //! writes and does **group commit**: for every job waiting in its queue it
 //! checks the job against the index (dedup, ...) and encodes it as one
 //! record of the segment [`log`]; it appends the group's records with one
-//! `fdatasync`, only then applies the group to sled in one batch, and only
-//! then answers each caller. So an `Ok` means the write is on disk
+//! `fdatasync`, only then commits the group to the index in one
+//! transaction, and only then answers each caller. So an `Ok` means the write is on disk
 //! (custody), many messages share one fsync under load, and readers never
 //! see a write that a power cut could still take back.
 //!
-//! The log is the single durability point (DESIGN.md §7): sled is an index
-//! that is never flushed for durability; at open every log record after the
-//! index's `log.applied` position is replayed into it, and a missing index
-//! is rebuilt from the whole log. After a failed log write or sync the store
-//! refuses all writes ([`StoreError::Failed`], [`SledStore::healthy`]).
+//! The log is the single durability point (DESIGN.md §7): the index (a redb
+//! table, see `index`) is only made durable now and then, never for an
+//! answer; at open every log record after the index's `log.applied`
+//! position is replayed into it, and a missing index is rebuilt from the
+//! whole log. After a failed log write or sync the store refuses all writes
+//! ([`StoreError::Failed`], [`ChannelStore::healthy`]).
 //!
-//! Reads go straight to sled from any thread.
+//! Reads see the index's last commit, from any thread.
 //!
 //! Not here: what to store and which delivery-state change is allowed
 //! (routing, policy, `delivery::transition`: `sitrep-core`), networking.
 
 pub mod audit;
+mod index;
 mod keys;
 pub mod log;
 pub mod private;
 mod records;
-mod sled_store;
+mod store;
 
 pub use records::{DeliveryRecord, DeliveryState, HopStats, InboxEntry, Queued};
-pub use sled_store::{DEDUP_RETENTION_MS, SledStore, free_bytes};
+pub use store::{ChannelStore, DEDUP_RETENTION_MS, free_bytes};
+
+/// Locks `m`. A panic while holding one of the store's locks leaves plain
+/// data behind, still consistent; go on rather than poison the node.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,15 +77,15 @@ pub enum StoreError {
         /// Whether the first request was the same as this one.
         same_request: bool,
     },
-    /// The database failed (I/O, disk full, corruption). Nothing of the job
+    /// The index failed (I/O, disk full, corruption). Nothing of the job
     /// is acknowledged; the caller must not ack upstream.
-    #[error("store {path}: {source}")]
+    #[error("store {path}: index: {source}")]
     Db {
         /// The store's directory.
         path: String,
-        /// sled's error.
+        /// The index engine's error.
         #[source]
-        source: sled::Error,
+        source: redb::Error,
     },
     /// A stored record does not decode: the database is corrupt.
     #[error("store record {key} does not decode: {detail}")]
@@ -139,7 +148,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What a store takes in before it refuses new messages with
-/// [`StoreError::Full`] (see [`SledStore::set_quota`]). Only ingests are
+/// [`StoreError::Full`] (see [`ChannelStore::set_quota`]). Only ingests are
 /// refused; everything that settles or expires messages goes on, using a
 /// little of the space kept free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,8 +298,8 @@ pub enum Outcome {
 /// A boxed future, for the object-safe trait.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The seam between the node and its embedded database: routing and
-/// delivery use only this, so another engine could replace sled.
+/// The seam between the node and its storage: routing and delivery use
+/// only this, so another engine could replace the log and its index.
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Applies `ops` atomically and resolves once they are durable.
     fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Outcome>>>;

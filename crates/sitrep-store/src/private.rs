@@ -3,7 +3,7 @@
 //! is narrowed by the umask, never widened, so these are upper bounds that
 //! the usual `022` leaves as they are).
 //!
-//! Files that libraries create on their own (sled's) get the umask's mode,
+//! Files that libraries create on their own get the umask's mode,
 //! inside a directory made here that no one else can enter.
 
 use std::fs::{DirBuilder, OpenOptions};

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use sitrep_core::{MessageId, NodeId, Precedence};
 use sitrep_store::log::{LogConfig, SimDir};
-use sitrep_store::{Copy, Ingest, Op, SledStore, Storage, StoreError};
+use sitrep_store::{ChannelStore, Copy, Ingest, Op, Storage, StoreError};
 
 const NOW: i64 = 1_790_000_000_000;
 const HOPS: [&str; 3] = ["nspl-hub", "nspl-east", "nspl-west"];
@@ -29,16 +29,16 @@ fn small_log() -> LogConfig {
     LogConfig { segment_bytes: 4096 }
 }
 
-fn open_sized(dir: &Path, log: &SimDir, segment_bytes: u64) -> SledStore {
-    let store =
-        SledStore::open_with(dir, Arc::new(log.clone()), LogConfig { segment_bytes }).expect("store opens");
+fn open_sized(dir: &Path, log: &SimDir, segment_bytes: u64) -> ChannelStore {
+    let store = ChannelStore::open_with(dir, Arc::new(log.clone()), LogConfig { segment_bytes })
+        .expect("store opens");
     // Every chance to delete a segment is taken, so that cuts meet deletions.
     store.set_reclaim_every(Duration::ZERO);
     store
 }
 
-fn open(dir: &Path, log: &SimDir) -> SledStore {
-    SledStore::open_with(dir, Arc::new(log.clone()), small_log()).expect("store opens")
+fn open(dir: &Path, log: &SimDir) -> ChannelStore {
+    ChannelStore::open_with(dir, Arc::new(log.clone()), small_log()).expect("store opens")
 }
 
 fn ingest_op(id: MessageId, hops: &[&str], inbox: bool, track: &[&str], expires_ms: i64, len: usize) -> Op {
@@ -228,7 +228,7 @@ fn learn(model: &mut Model, ops: &[Op], result: &Result<Vec<sitrep_store::Outcom
 /// Submits `jobs` together, so that the writer can take them as one group.
 fn apply_together(
     rt: &tokio::runtime::Runtime,
-    store: &SledStore,
+    store: &ChannelStore,
     jobs: Vec<Vec<Op>>,
 ) -> Vec<Result<Vec<sitrep_store::Outcome>, StoreError>> {
     rt.block_on(async {
@@ -247,7 +247,7 @@ fn apply_together(
     })
 }
 
-fn inbox(store: &SledStore) -> Vec<(u64, MessageId)> {
+fn inbox(store: &ChannelStore) -> Vec<(u64, MessageId)> {
     store
         .inbox_after(0, 100_000)
         .expect("inbox")
@@ -286,7 +286,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// storage failure.
 fn round(
     rt: &tokio::runtime::Runtime,
-    store: &SledStore,
+    store: &ChannelStore,
     rng: &mut StdRng,
     next: &mut u32,
     model: &mut Model,
@@ -380,7 +380,7 @@ fn run_seed(seed: u64, rt: &tokio::runtime::Runtime, index: Index) -> (usize, bo
     if index == Index::Stale {
         std::fs::rename(dir.path().join("index.stale"), dir.path().join("index")).expect("stale index back");
     }
-    let store = SledStore::open_with(dir.path(), Arc::new(after_cut), LogConfig { segment_bytes })
+    let store = ChannelStore::open_with(dir.path(), Arc::new(after_cut), LogConfig { segment_bytes })
         .unwrap_or_else(|e| panic!("seed {seed} (index {index:?}): reopen failed: {e}"));
     assert_eq!(store.healthy(), Ok(()), "seed {seed}");
     for id in &model.acked {
@@ -557,7 +557,7 @@ fn a_failed_fdatasync_fails_its_group_and_every_write_after_it() {
         store.close();
         drop(store);
 
-        let store = SledStore::open_with(dir.path(), Arc::new(sim.power_cut(seed)), small_log())
+        let store = ChannelStore::open_with(dir.path(), Arc::new(sim.power_cut(seed)), small_log())
             .unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
         assert_eq!(store.healthy(), Ok(()));
         assert!(

@@ -2,7 +2,7 @@
 
 use sitrep_core::{MessageId, NodeId, Precedence};
 use sitrep_store::{
-    Copy, DEDUP_RETENTION_MS, DeliveryState, Ingest, Op, Outcome, Quota, SledStore, Storage, StoreError,
+    ChannelStore, Copy, DEDUP_RETENTION_MS, DeliveryState, Ingest, Op, Outcome, Quota, Storage, StoreError,
     SubmissionKey,
 };
 
@@ -37,7 +37,7 @@ fn ingest(id: MessageId, precedence: Precedence, hops: &[&str], track: &[&str]) 
     })
 }
 
-fn ids(s: &SledStore, hop: &str) -> Vec<MessageId> {
+fn ids(s: &ChannelStore, hop: &str) -> Vec<MessageId> {
     s.outbox_peek(&n(hop), 1000, &|_| false)
         .expect("peek")
         .into_iter()
@@ -48,7 +48,7 @@ fn ids(s: &SledStore, hop: &str) -> Vec<MessageId> {
 #[test]
 fn outbox_is_ordered_by_precedence_then_arrival() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     let order = [
         (1, Precedence::Routine),
         (2, Precedence::Flash),
@@ -76,7 +76,7 @@ fn outbox_is_ordered_by_precedence_then_arrival() {
 fn a_duplicate_is_refused_and_changes_nothing_also_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = SledStore::open(dir.path()).expect("open");
+        let s = ChannelStore::open(dir.path()).expect("open");
         s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])])
             .expect("ingest");
         let err = s.apply_blocking(vec![ingest(mid(1), Precedence::Flash, &["msb", "hub"], &[])]);
@@ -85,7 +85,7 @@ fn a_duplicate_is_refused_and_changes_nothing_also_after_restart() {
         assert!(ids(&s, "hub").is_empty(), "nothing of the refused job was stored");
         s.close();
     }
-    let s = SledStore::open(dir.path()).expect("reopen");
+    let s = ChannelStore::open(dir.path()).expect("reopen");
     assert!(s.seen(&mid(1)).expect("seen"));
     assert!(matches!(
         s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])]),
@@ -119,7 +119,7 @@ fn keyed(id: MessageId, key: u8, request: u8) -> Op {
 fn a_submission_key_is_answered_with_its_first_message_and_stores_nothing_new() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = SledStore::open(dir.path()).expect("open");
+        let s = ChannelStore::open(dir.path()).expect("open");
         s.apply_blocking(vec![keyed(mid(1), 7, 1)])
             .expect("first submission");
         // A retry (new id, same key, same request).
@@ -139,7 +139,7 @@ fn a_submission_key_is_answered_with_its_first_message_and_stores_nothing_new() 
     }
     // After a restart the key still answers, and a different request under
     // it is told apart.
-    let s = SledStore::open(dir.path()).expect("reopen");
+    let s = ChannelStore::open(dir.path()).expect("reopen");
     match s.apply_blocking(vec![keyed(mid(4), 7, 2)]) {
         Err(StoreError::Resubmitted { id, same_request }) => {
             assert_eq!(id, mid(1));
@@ -170,7 +170,7 @@ fn full_reason(r: sitrep_store::Result<Vec<Outcome>>) -> String {
 #[test]
 fn over_a_queue_cap_an_ingest_is_refused_and_nothing_stored_while_settling_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     // 100-byte envelopes: two fit under a hop's cap of 250 bytes.
     s.set_quota(Quota {
         max_hop_queue_bytes: 250,
@@ -211,7 +211,7 @@ fn over_a_queue_cap_an_ingest_is_refused_and_nothing_stored_while_settling_goes_
 #[test]
 fn below_the_free_space_kept_an_ingest_is_refused_and_receipts_go_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &["msb"])])
         .expect("ingest");
     // No disk has this much free.
@@ -248,7 +248,7 @@ fn below_the_free_space_kept_an_ingest_is_refused_and_receipts_go_on() {
 #[test]
 fn a_failed_job_writes_nothing_of_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["msb"], &[])])
         .expect("ingest");
     // A job whose second op fails leaves its first op unwritten.
@@ -266,12 +266,12 @@ fn a_failed_job_writes_nothing_of_itself() {
 fn custody_survives_restart_and_sequence_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = SledStore::open(dir.path()).expect("open");
+        let s = ChannelStore::open(dir.path()).expect("open");
         s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["a", "b"], &[])])
             .expect("ingest");
         s.close();
     }
-    let s = SledStore::open(dir.path()).expect("reopen");
+    let s = ChannelStore::open(dir.path()).expect("reopen");
     assert_eq!(ids(&s, "a"), vec![mid(1)]);
     assert_eq!(ids(&s, "b"), vec![mid(1)]);
     s.apply_blocking(vec![ingest(mid(2), Precedence::Routine, &["a"], &[])])
@@ -304,7 +304,7 @@ fn custody_survives_restart_and_sequence_continues() {
 #[test]
 fn delivery_states_at_the_origin() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     s.apply_blocking(vec![ingest(
         mid(1),
         Precedence::Routine,
@@ -348,7 +348,7 @@ fn delivery_states_at_the_origin() {
 #[test]
 fn a_permanent_rejection_is_recorded_with_its_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub"], &["msb"])])
         .expect("ingest");
     s.apply_blocking(vec![Op::Rejected {
@@ -368,7 +368,7 @@ fn a_permanent_rejection_is_recorded_with_its_reason() {
 #[test]
 fn expiry_drops_copies_and_dedup_outlives_the_message() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     s.apply_blocking(vec![ingest(mid(1), Precedence::Routine, &["hub", "msb"], &[])])
         .expect("ingest");
     let r = s
@@ -417,11 +417,11 @@ fn inbox_cursor_is_monotonic_across_restarts() {
         })
     };
     {
-        let s = SledStore::open(dir.path()).expect("open");
+        let s = ChannelStore::open(dir.path()).expect("open");
         s.apply_blocking(vec![inbox_op(1), inbox_op(2)]).expect("ingest");
         s.close();
     }
-    let s = SledStore::open(dir.path()).expect("reopen");
+    let s = ChannelStore::open(dir.path()).expect("reopen");
     s.apply_blocking(vec![inbox_op(3)]).expect("ingest");
     let all = s.inbox_after(0, 10).expect("inbox");
     assert_eq!(all.iter().map(|e| e.cursor).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -434,7 +434,7 @@ fn inbox_cursor_is_monotonic_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_share_group_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = SledStore::open(dir.path()).expect("open");
+    let s = ChannelStore::open(dir.path()).expect("open");
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200u16 {
         let s = s.clone();

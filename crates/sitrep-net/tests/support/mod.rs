@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use prost::Message as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -141,10 +142,11 @@ pub(crate) fn bind(
 pub(crate) fn transfer(payload: usize) -> Frame {
     Frame {
         kind: Some(Kind::Transfer(Transfer {
-            envelope: Some(Envelope {
+            envelope: Envelope {
                 sealed: vec![0x5a; payload],
                 signature: vec![1; 64],
-            }),
+            }
+            .encode_to_vec(),
             hop_count: 1,
             serves: vec!["b".into()],
         })),

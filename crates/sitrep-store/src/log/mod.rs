@@ -68,6 +68,14 @@
 //! All methods take `&self`: appends and removals are serialised by an
 //! internal lock; reads and replays run from any thread without waiting for
 //! an append's sync.
+//!
+//! # Open files
+//!
+//! The active segment's file stays open. A sealed segment's file is opened
+//! when a read or replay needs it and closed again when more than
+//! [`MAX_OPEN_SEALED`] sealed segments are open (the one opened longest ago
+//! first), so a log of thousands of segments (a long backlog, an inbox kept
+//! for months) holds a bounded number of file descriptors.
 
 mod io;
 mod record;
@@ -103,6 +111,10 @@ const SCAN_CHUNK: usize = 1 << 20;
 const READ_AHEAD: usize = 4096;
 /// Segment file names: 20 decimal digits and this suffix.
 const SEGMENT_SUFFIX: &str = ".seg";
+/// 16 sealed segments open at most (256 MiB of log at the default size):
+/// readers go through a backlog or an inbox in order, so they rarely come
+/// back to a segment closed meanwhile, and a node's descriptors stay few.
+pub const MAX_OPEN_SEALED: usize = 16;
 
 /// How a log is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -274,7 +286,9 @@ struct Segment {
     start: u64,
     name: String,
     path: String,
-    file: Box<dyn File>,
+    /// The open file; `None` for a sealed segment closed to bound the
+    /// number open (it is opened again when read).
+    file: Mutex<Option<Arc<dyn File>>>,
     /// The file's length: records never cross it.
     capacity: u64,
     /// Offset just past the last acknowledged record: reads and replays stop here.
@@ -301,6 +315,8 @@ pub struct Log {
     dir: Arc<dyn Dir>,
     config: LogConfig,
     segments: RwLock<BTreeMap<u64, Arc<Segment>>>,
+    /// Sealed segments whose file is open, oldest opened first.
+    open_sealed: Mutex<std::collections::VecDeque<Arc<Segment>>>,
     writer: Mutex<Writer>,
     /// Log position just past the last acknowledged record.
     end: AtomicU64,
@@ -509,7 +525,7 @@ impl Log {
         let mut tail = Position::START;
         for (i, (start, name)) in found.into_iter().enumerate() {
             let path = dir.describe(&name);
-            let file = dir.open(&name).map_err(io_error(&path, "open"))?;
+            let file: Arc<dyn File> = Arc::from(dir.open(&name).map_err(io_error(&path, "open"))?);
             let mut len = file.len().map_err(io_error(&path, "stat"))?;
             if i == last && len < config.segment_bytes {
                 // A crash can lose a new segment's preallocation.
@@ -521,7 +537,8 @@ impl Log {
                 start,
                 name,
                 path,
-                file,
+                // Sealed segments are opened again when read.
+                file: Mutex::new((i == last).then(|| Arc::clone(&file))),
                 capacity: len,
                 end: AtomicU64::new(0),
             };
@@ -541,13 +558,13 @@ impl Log {
                 segments.insert(start, Arc::new(seg));
                 continue;
             }
-            let scanned = scan(&*seg.file, 0, len, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
+            let scanned = scan(&*file, 0, len, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
             {
                 tail = Position {
                     segment: start,
                     offset: scanned.end as u32,
                 };
-                let dropped = nonzero_after(&*seg.file, scanned.end, len, true, &counters)
+                let dropped = nonzero_after(&*file, scanned.end, len, true, &counters)
                     .map_err(io_error(&seg.path, "zero the tail"))?;
                 if let Some((_, last_end)) = dropped {
                     let t = Truncation {
@@ -569,7 +586,7 @@ impl Log {
                 }
                 // Also flushes what a killed process wrote but did not sync:
                 // it is read back as committed, so it must be durable.
-                seg.file.sync_data().map_err(io_error(&seg.path, "sync"))?;
+                file.sync_data().map_err(io_error(&seg.path, "sync"))?;
                 counters.syncs.fetch_add(1, Ordering::Relaxed);
             }
             records += scanned.records;
@@ -596,6 +613,7 @@ impl Log {
             dir,
             config,
             segments: RwLock::new(segments),
+            open_sealed: Mutex::new(std::collections::VecDeque::new()),
             writer: Mutex::new(Writer {
                 active,
                 tail: u64::from(tail.offset),
@@ -685,6 +703,7 @@ impl Log {
                 self.write_and_sync(&w.active, from, buf)?;
                 buf.clear();
                 sealed.push((Arc::clone(&w.active), off));
+                self.note_open(Arc::clone(&w.active));
                 let next = w.active.start + off;
                 let seg = Arc::new(create_segment(
                     &*self.dir,
@@ -718,17 +737,47 @@ impl Log {
         Ok(positions)
     }
 
-    fn write_and_sync(&self, seg: &Segment, offset: u64, buf: &[u8]) -> Result<(), LogError> {
+    /// The open file of `seg`, opening it if it was closed (see *Open files*
+    /// in the module documentation).
+    fn file(&self, seg: &Arc<Segment>) -> Result<Arc<dyn File>, LogError> {
+        let mut slot = seg.file.lock().map_err(|_| LogError::Poisoned)?;
+        if let Some(f) = &*slot {
+            return Ok(Arc::clone(f));
+        }
+        let file: Arc<dyn File> = Arc::from(self.dir.open(&seg.name).map_err(io_error(&seg.path, "open"))?);
+        *slot = Some(Arc::clone(&file));
+        drop(slot);
+        self.note_open(Arc::clone(seg));
+        Ok(file)
+    }
+
+    /// Counts `seg`'s file among the open sealed ones, closing the one
+    /// opened longest ago when there are too many. A reader that still holds
+    /// a closed file's handle finishes with it.
+    fn note_open(&self, seg: Arc<Segment>) {
+        let Ok(mut open) = self.open_sealed.lock() else {
+            return;
+        };
+        open.push_back(seg);
+        while open.len() > MAX_OPEN_SEALED {
+            if let Some(old) = open.pop_front()
+                && let Ok(mut f) = old.file.lock()
+            {
+                *f = None;
+            }
+        }
+    }
+
+    fn write_and_sync(&self, seg: &Arc<Segment>, offset: u64, buf: &[u8]) -> Result<(), LogError> {
         if buf.is_empty() {
             return Ok(());
         }
-        seg.file
-            .write_at(offset, buf)
-            .map_err(io_error(&seg.path, "write"))?;
+        let file = self.file(seg)?;
+        file.write_at(offset, buf).map_err(io_error(&seg.path, "write"))?;
         self.counters
             .bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        seg.file.sync_data().map_err(io_error(&seg.path, "sync"))?;
+        file.sync_data().map_err(io_error(&seg.path, "sync"))?;
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -756,10 +805,15 @@ impl Log {
             return Err(LogError::NoRecord { pos });
         }
         let room = usize::try_from(limit - off).unwrap_or(usize::MAX);
+        let file = match self.file(&seg) {
+            // Removed since it was looked up.
+            Err(LogError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LogError::NoRecord { pos });
+            }
+            other => other?,
+        };
         let mut buf = vec![0; room.min(HEADER + READ_AHEAD)];
-        seg.file
-            .read_at(off, &mut buf)
-            .map_err(io_error(&seg.path, "read"))?;
+        file.read_at(off, &mut buf).map_err(io_error(&seg.path, "read"))?;
         let want = match buf.first_chunk::<HEADER>().map(record::parse_header) {
             Some(Header::Record { len, .. }) => HEADER.saturating_add(len as usize),
             Some(Header::Zero) | None => return Err(corrupt(&seg, off, "no record starts here (zeros)")),
@@ -774,8 +828,7 @@ impl Log {
         let have = buf.len();
         if want > have {
             buf.resize(want, 0);
-            seg.file
-                .read_at(off + have as u64, &mut buf[have..])
+            file.read_at(off + have as u64, &mut buf[have..])
                 .map_err(io_error(&seg.path, "read"))?;
         }
         buf.truncate(want);
@@ -816,7 +869,8 @@ impl Log {
             if start >= limit {
                 continue;
             }
-            let scanned = scan(&*seg.file, start, limit, |off, kind, payload| {
+            let file = self.file(&seg)?;
+            let scanned = scan(&*file, start, limit, |off, kind, payload| {
                 let pos = Position {
                     segment: seg.start,
                     offset: off as u32,
@@ -863,11 +917,12 @@ impl Log {
                 ));
             }
             let limit = seg.end.load(Ordering::Acquire);
-            let scanned = scan(&*seg.file, 0, limit, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
+            let file = self.file(&seg)?;
+            let scanned = scan(&*file, 0, limit, |_, _, _| {}).map_err(io_error(&seg.path, "read"))?;
             if let Stop::Bad { offset, detail } = scanned.stop {
                 return Err(corrupt(&seg, offset, detail));
             }
-            let stray = nonzero_after(&*seg.file, scanned.end, limit, false, &self.counters)
+            let stray = nonzero_after(&*file, scanned.end, limit, false, &self.counters)
                 .map_err(io_error(&seg.path, "read"))?;
             if let Some((offset, _)) = stray {
                 return Err(corrupt(
@@ -906,6 +961,13 @@ impl Log {
         // The unlink and the directory sync need not hold up appends: the
         // segment is out of the map, and names are never reused.
         drop(w);
+        // Its descriptor goes too (an open one would keep the space in use).
+        if let Ok(mut open) = self.open_sealed.lock() {
+            open.retain(|s| s.start != segment);
+        }
+        if let Ok(mut f) = seg.file.lock() {
+            *f = None;
+        }
         let dir_path = self.dir.describe("");
         let result = self
             .dir
@@ -987,7 +1049,7 @@ fn create_segment(dir: &dyn Dir, start: u64, bytes: u64, counters: &Counters) ->
         start,
         name,
         path,
-        file,
+        file: Mutex::new(Some(Arc::from(file))),
         capacity: bytes,
         end: AtomicU64::new(0),
     })
@@ -1458,6 +1520,62 @@ mod tests {
             }
         });
         assert_eq!(replay_all(&log).len(), 52);
+    }
+
+    /// Descriptors open on files in `dir`, from `/proc/self/fd`.
+    fn open_files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.starts_with(dir))
+            .count()
+    }
+
+    #[test]
+    fn a_log_of_many_segments_keeps_few_files_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("log");
+        let dir = Arc::new(OsDir::open(&path).expect("create the directory"));
+        let (log, _) = Log::open(dir.clone(), config(SMALL)).expect("open");
+        let mut want = Vec::new();
+        for i in 0..200 {
+            want.extend(append(&log, &[(1, payload(1500, i))]));
+        }
+        let segments = log.segments();
+        assert!(
+            segments.len() > 3 * MAX_OPEN_SEALED,
+            "{} segments",
+            segments.len()
+        );
+        // Reading every record opens every sealed segment once more.
+        for r in &want {
+            assert_eq!(log.read(r.pos).expect("read").1, r.payload);
+        }
+        let open = open_files_in(&path);
+        assert!(
+            open <= MAX_OPEN_SEALED + 1,
+            "{open} files open for {} segments",
+            segments.len()
+        );
+        // A removed segment's descriptor is closed with it.
+        let newest_sealed = segments[segments.len() - 2];
+        log.remove_segment(newest_sealed).expect("remove");
+        assert!(
+            open_files_in(&path) < open,
+            "the removed segment's file is still open"
+        );
+        drop(log);
+        assert_eq!(open_files_in(&path), 0);
+        // After a reopen only the active segment is open, and a replay of
+        // everything stays within the bound too.
+        let (log, _) = Log::open(dir, config(SMALL)).expect("reopen");
+        assert_eq!(open_files_in(&path), 1);
+        let live: Vec<Rec> = want
+            .into_iter()
+            .filter(|r| r.pos.segment != newest_sealed)
+            .collect();
+        assert_eq!(replay_all(&log), live);
+        assert!(open_files_in(&path) <= MAX_OPEN_SEALED + 1);
     }
 
     #[test]

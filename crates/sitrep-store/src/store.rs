@@ -1,4 +1,4 @@
-//! The sled implementation of [`Storage`]: a segment log for durability, one sled tree as its index, one writer thread with group commit, lock-free reads.
+//! The implementation of [`Storage`]: a segment log for durability, a redb table as its index, one writer thread with group commit, reads from any thread.
 //!
 //! Envelope bodies live only in the log (in the record of the job that took
 //! them in); the index holds their positions and a live count per segment,
@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use prost::Message as _;
 use sitrep_core::{MessageId, NodeId, Precedence};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::index::{Change, Index, Snapshot};
 use crate::keys;
 use crate::log::{Dir, Log, LogConfig, LogError, OsDir, Position};
 use crate::records::{
@@ -22,7 +23,7 @@ use crate::records::{
 };
 use crate::{
     BoxFuture, Copy, DeliveryRecord, DeliveryState, HopStats, InboxEntry, Ingest, Op, Outcome, Queued, Quota,
-    Result, Storage, StoreError, SubmissionKey,
+    Result, Storage, StoreError, SubmissionKey, lock,
 };
 
 /// 7 days past expiry: dedup entries must outlive a message so that a
@@ -35,39 +36,36 @@ const QUEUE_DEPTH: usize = 1024;
 const MAX_GROUP: usize = 512;
 /// 10,000 expiries per sweep, so one sweep never holds the writer for long.
 const MAX_EXPIRE_PER_SWEEP: usize = 10_000;
-/// 64 MiB of page cache: the memory budget of a hub holding a large backlog.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// 1 s: sled flushes its index in the background this often. Not for
-/// durability (the log is that); it bounds how much of the log a restart
-/// replays.
-const INDEX_FLUSH_MS: u64 = 1000;
-/// 100,000 pending keys: replay applies what it has to sled and moves
+/// 16 MiB of index pages cached: the index holds small keys (≈ 300 bytes
+/// per message), so this covers the working set of a hub with a large
+/// backlog while keeping a node's memory small.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// 100,000 pending keys: replay commits what it has to the index and moves
 /// `log.applied` on at this size, so rebuilding a large index needs bounded memory.
 const REPLAY_CHUNK_KEYS: usize = 100_000;
 /// 10 s between segment deletion rounds at most: a round flushes and
 /// fsyncs the index, which competes with group commits for the disk; the
 /// price is up to 10 s of traffic kept on disk a little longer.
 const RECLAIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-/// 2 s: how long open waits for the index's file lock (see `open_index`).
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The log record kind of one job ([`JobPb`]).
 const RECORD_JOB: u8 = 1;
 /// The index key holding the log position just after the last record
-/// applied to sled: replay starts there.
+/// applied to the index: replay starts there.
 const APPLIED_KEY: &str = "log.applied";
 /// The index key holding the index layout's version; an index without it
 /// (or with another) is rebuilt from the log at open.
 const VERSION_KEY: &str = "index.version";
-/// 3: envelopes in the log only, positions and live counts in the index;
-/// each message record lists its copies (no age or copy-index keys). An
-/// index of another version is rebuilt from the log at open.
-const INDEX_VERSION: u64 = 3;
+/// 4: the index in redb (3 was the same layout in sled): envelopes in the
+/// log only, positions and live counts in the index; each message record
+/// lists its copies. An index of another version is rebuilt from the log at
+/// open.
+const INDEX_VERSION: u64 = 4;
 /// A body position not known yet (its group is being written).
 const PENDING_SEGMENT: u64 = u64::MAX;
 /// Where the segment log lives in a store's directory.
 const LOG_DIR: &str = "log";
-/// Where the sled index lives in a store's directory; deleting it makes
-/// the next open rebuild it from the log.
+/// Where the index lives in a store's directory; deleting it makes the
+/// next open rebuild it from the log.
 const INDEX_DIR: &str = "index";
 
 struct Job {
@@ -82,7 +80,7 @@ struct Totals {
 }
 
 struct Inner {
-    db: sled::Db,
+    index: Index,
     log: Log,
     path: String,
     index_dir: std::path::PathBuf,
@@ -106,89 +104,95 @@ struct Inner {
     quota: Mutex<Quota>,
 }
 
-/// A channel's store on sled. Cheap to clone.
+/// A channel's store: the segment log and its index. Cheap to clone.
 #[derive(Clone)]
-pub struct SledStore {
+pub struct ChannelStore {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for SledStore {
+impl std::fmt::Debug for ChannelStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
+        f.debug_struct("ChannelStore")
             .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind,
-    // still consistent; keep going rather than poison the node.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl SledStore {
+impl ChannelStore {
     /// Opens (or creates) the store in `dir` and starts its writer thread:
-    /// the segment log in `dir/log/`, the sled index in `dir/index/`.
+    /// the segment log in `dir/log/`, the index in `dir/index/`.
     /// Replays every log record the index has not applied yet (all of them
     /// if the index is missing).
     ///
     /// # Errors
     /// [`StoreError::Log`] if the log cannot be opened or a record is
-    /// corrupt, [`StoreError::Db`] if sled cannot open the directory, or
+    /// corrupt, [`StoreError::Db`] if the index cannot be opened, or
     /// [`StoreError::Corrupt`] if the index does not decode.
     pub fn open(dir: &Path) -> Result<Self> {
         let log_dir = OsDir::open(dir.join(LOG_DIR)).map_err(|e| StoreError::Db {
             path: dir.display().to_string(),
-            source: sled::Error::Io(e),
+            source: redb::Error::Io(e),
         })?;
         Self::open_with(dir, Arc::new(log_dir), LogConfig::default())
     }
 
-    /// As [`SledStore::open`], with the log on `log_dir` (a `log::SimDir` in
-    /// power-loss tests) and the sled index in `dir/index/`.
+    /// As [`ChannelStore::open`], with the log on `log_dir` (a `log::SimDir` in
+    /// power-loss tests) and the index in `dir/index/`.
     ///
     /// # Errors
-    /// As [`SledStore::open`].
+    /// As [`ChannelStore::open`].
     #[doc(hidden)]
     pub fn open_with(dir: &Path, log_dir: Arc<dyn Dir>, config: LogConfig) -> Result<Self> {
         let path = dir.display().to_string();
-        let db_err = |source| StoreError::Db {
+        let db_err = |source: redb::Error| StoreError::Db {
             path: path.clone(),
             source,
         };
         if dir.join("conf").is_file() && dir.join("db").is_file() {
             // sled's own files at the top: a store from before the log,
             // which this version would silently start empty beside.
-            return Err(db_err(sled::Error::Unsupported(format!(
+            return Err(db_err(redb::Error::Io(std::io::Error::other(format!(
                 "{path} holds a store in the old layout (sled files at the top, no log/); \
                  drain it with the previous version or move it aside, then start again"
-            ))));
+            )))));
         }
         let (log, recovery) = Log::open(log_dir, config).map_err(|source| StoreError::Log {
             path: path.clone(),
             source,
         })?;
-        let db = open_index(&dir.join(INDEX_DIR)).map_err(db_err)?;
-        let version = db
-            .get(keys::counter(VERSION_KEY))
+        let (index, replaced) = Index::open(&dir.join(INDEX_DIR), CACHE_BYTES).map_err(db_err)?;
+        if replaced {
+            tracing::warn!(store = %path, "index in another engine's files: rebuilding it from the log");
+        }
+        let snap = index.read().map_err(db_err)?;
+        let version = snap
+            .get(&keys::counter(VERSION_KEY))
             .map_err(db_err)?
             .as_deref()
             .map(read_u64);
         if version != Some(INDEX_VERSION) {
-            if !db.is_empty() {
+            if !snap.is_empty().map_err(db_err)? {
                 tracing::warn!(
                     store = %path,
                     found = version.unwrap_or(1),
                     want = INDEX_VERSION,
                     "index in another layout: rebuilding it from the log"
                 );
-                db.clear().map_err(db_err)?;
+                index.clear().map_err(db_err)?;
             }
-            db.insert(keys::counter(VERSION_KEY), &INDEX_VERSION.to_be_bytes())
+            index
+                .commit(
+                    [(
+                        keys::counter(VERSION_KEY),
+                        Some(INDEX_VERSION.to_be_bytes().to_vec()),
+                    )],
+                    true,
+                )
                 .map_err(db_err)?;
         }
-        let applied = read_applied(&db, &path)?;
-        let replayed = replay(&db, &log, &path, applied)?;
+        drop(snap);
+        let applied = read_applied(&index.read().map_err(db_err)?, &path)?;
+        let replayed = replay(&index, &log, &path, applied)?;
         tracing::info!(
             store = %path,
             from = %applied,
@@ -201,7 +205,8 @@ impl SledStore {
         );
         // Outbox totals per hop: one pass over the outboxes at start-up.
         let mut totals: BTreeMap<NodeId, Totals> = BTreeMap::new();
-        for item in db.scan_prefix(b"o") {
+        let snap = index.read().map_err(db_err)?;
+        for item in snap.prefix(b"o").map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             let rec: OutboxRecord = decode(&k, &v)?;
             let hop = keys::hop_of_outbox(&k).ok_or_else(|| StoreError::Corrupt {
@@ -213,10 +218,11 @@ impl SledStore {
             t.bytes += rec.bytes;
         }
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let counters = Counters::load(&db).map_err(db_err)?;
+        let counters = Counters::load(&snap).map_err(db_err)?;
+        drop(snap);
         let log_active = log.tail().segment;
         let inner = Arc::new(Inner {
-            db,
+            index,
             log,
             path: path.clone(),
             index_dir: dir.join(INDEX_DIR),
@@ -241,14 +247,14 @@ impl SledStore {
         let handle = std::thread::Builder::new()
             .name("sitrep-store-reclaim".into())
             .spawn(move || reclaimer(&for_reclaimer, &pings))
-            .map_err(|e| db_err(sled::Error::Io(e)))?;
+            .map_err(|e| db_err(redb::Error::Io(e)))?;
         *lock(&inner.reclaim_ping) = Some(ping);
         *lock(&inner.reclaimer) = Some(handle);
         let for_writer = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
             .name("sitrep-store-writer".into())
             .spawn(move || writer(&for_writer, rx, counters))
-            .map_err(|e| db_err(sled::Error::Io(e)))?;
+            .map_err(|e| db_err(redb::Error::Io(e)))?;
         *lock(&inner.writer) = Some(handle);
         Ok(Self { inner })
     }
@@ -269,11 +275,16 @@ impl SledStore {
         }
     }
 
-    fn db_err(&self, source: sled::Error) -> StoreError {
+    fn db_err(&self, source: impl Into<redb::Error>) -> StoreError {
         StoreError::Db {
             path: self.inner.path.clone(),
-            source,
+            source: source.into(),
         }
+    }
+
+    /// A view of the index as last committed.
+    fn snapshot(&self) -> Result<Snapshot> {
+        self.inner.index.read().map_err(|e| self.db_err(e))
     }
 
     /// The envelope of `id` at `body`, from the log; `None` if its segment
@@ -366,7 +377,7 @@ impl SledStore {
     }
 }
 
-impl Storage for SledStore {
+impl Storage for ChannelStore {
     fn apply(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Vec<Outcome>>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
@@ -385,7 +396,9 @@ impl Storage for SledStore {
         skip: &dyn Fn(&MessageId) -> bool,
     ) -> Result<Vec<Queued>> {
         let mut out = Vec::new();
-        for item in self.inner.db.scan_prefix(keys::outbox_prefix(next_hop)) {
+        let snap = self.snapshot()?;
+        let prefix = keys::outbox_prefix(next_hop);
+        for item in snap.prefix(&prefix).map_err(|e| self.db_err(e))? {
             if out.len() >= limit {
                 break;
             }
@@ -396,7 +409,7 @@ impl Storage for SledStore {
                 continue;
             }
             let mk = keys::message(&id);
-            let Some(m) = self.inner.db.get(&mk).map_err(|e| self.db_err(e))? else {
+            let Some(m) = snap.get(&mk).map_err(|e| self.db_err(e))? else {
                 // Raced with a writer that just removed it: it is gone.
                 continue;
             };
@@ -418,20 +431,21 @@ impl Storage for SledStore {
     }
 
     fn seen(&self, id: &MessageId) -> Result<bool> {
-        self.inner
-            .db
-            .contains_key(keys::dedup(id))
+        self.snapshot()?
+            .contains(&keys::dedup(id))
             .map_err(|e| self.db_err(e))
     }
 
     fn inbox_after(&self, after: u64, limit: usize) -> Result<Vec<InboxEntry>> {
         let start = keys::inbox(after.saturating_add(1));
         let mut out = Vec::new();
-        for item in self.inner.db.range(start..).take(limit) {
+        let snap = self.snapshot()?;
+        for item in snap
+            .prefix_from(&start, b"n")
+            .map_err(|e| self.db_err(e))?
+            .take(limit)
+        {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
-            if !k.starts_with(b"n") {
-                break;
-            }
             let rec: InboxRecord = decode(&k, &v)?;
             let id = parse_id(&k, &rec.id)?;
             let envelope = self.body(&k, &id, rec.body)?.ok_or_else(|| StoreError::Corrupt {
@@ -451,7 +465,8 @@ impl Storage for SledStore {
     fn delivery(&self, id: &MessageId) -> Result<Vec<DeliveryRecord>> {
         let prefix = keys::delivery_prefix(id);
         let mut out = Vec::new();
-        for item in self.inner.db.scan_prefix(&prefix) {
+        let snap = self.snapshot()?;
+        for item in snap.prefix(&prefix).map_err(|e| self.db_err(e))? {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let rec: DeliveryPb = decode(&k, &v)?;
             let recipient = std::str::from_utf8(&k[prefix.len()..])
@@ -477,6 +492,7 @@ impl Storage for SledStore {
 
     fn outbox_stats(&self) -> Vec<HopStats> {
         let totals = lock(&self.inner.totals).clone();
+        let snap = self.snapshot().ok();
         totals
             .into_iter()
             .map(|(hop, t)| {
@@ -484,12 +500,8 @@ impl Storage for SledStore {
                 let oldest = Precedence::ALL
                     .iter()
                     .filter_map(|p| {
-                        let (k, v) = self
-                            .inner
-                            .db
-                            .scan_prefix(keys::outbox_rank(&hop, *p))
-                            .next()?
-                            .ok()?;
+                        let rank = keys::outbox_rank(&hop, *p);
+                        let (k, v) = snap.as_ref()?.prefix(&rank).ok()?.next()?.ok()?;
                         decode::<OutboxRecord>(&k, &v).ok().map(|r| r.queued_ms)
                     })
                     .min();
@@ -505,7 +517,7 @@ impl Storage for SledStore {
 
     fn disk_bytes(&self) -> u64 {
         let log = self.inner.log.segments().len() as u64 * self.inner.log.config().segment_bytes;
-        self.inner.db.size_on_disk().unwrap_or(0).saturating_add(log)
+        self.inner.index.disk_bytes().saturating_add(log)
     }
 
     fn close(&self) {
@@ -525,32 +537,6 @@ impl Storage for SledStore {
     }
 }
 
-/// Opens the sled index. sled releases its file lock only when its
-/// background I/O of a closed instance has finished, a few milliseconds
-/// after the close: a store reopened in the same process (a restart in
-/// tests, a roster-driven restart) waits that long rather than failing.
-/// Another process holding the lock still fails, after [`LOCK_WAIT`].
-fn open_index(path: &Path) -> std::result::Result<sled::Db, sled::Error> {
-    crate::private::create_dir_all(path).map_err(sled::Error::Io)?;
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        let opened = sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(Some(INDEX_FLUSH_MS))
-            .open();
-        match opened {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
 fn parse_id(key: &[u8], bytes: &[u8]) -> Result<MessageId> {
     MessageId::from_slice(bytes).map_err(|len| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).escape_default().to_string(),
@@ -565,11 +551,11 @@ struct Counters {
 }
 
 impl Counters {
-    fn load(db: &sled::Db) -> std::result::Result<Self, sled::Error> {
-        let read = |name: &str| -> std::result::Result<u64, sled::Error> {
-            Ok(db
-                .get(keys::counter(name))?
-                .and_then(|v| v.as_ref().try_into().ok())
+    fn load(snap: &Snapshot) -> std::result::Result<Self, redb::Error> {
+        let read = |name: &str| -> std::result::Result<u64, redb::Error> {
+            Ok(snap
+                .get(&keys::counter(name))?
+                .and_then(|v| v.as_slice().try_into().ok())
                 .map_or(0, u64::from_be_bytes))
         };
         Ok(Self {
@@ -600,23 +586,30 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
         let mut group = Group::default();
         let mut records = Vec::with_capacity(jobs.len());
         let mut results = Vec::with_capacity(jobs.len());
-        let mut room = Room::new(inner, &jobs);
-        for job in &jobs {
-            if let Err(reason) = room.admit(&group, &job.ops) {
-                results.push(Err(StoreError::Full {
-                    path: inner.path.clone(),
-                    reason,
-                }));
-                continue;
+        let committed = match inner.index.read() {
+            Ok(snap) => {
+                let mut room = Room::new(inner, &jobs);
+                for job in &mut jobs {
+                    if let Err(reason) = room.admit(&group, &job.ops) {
+                        results.push(Err(StoreError::Full {
+                            path: inner.path.clone(),
+                            reason,
+                        }));
+                        continue;
+                    }
+                    // The ops move into the job's log record (envelopes not copied).
+                    let ops = std::mem::take(&mut job.ops);
+                    let r = eval_job(inner, &snap, &mut group, ops, &mut counters, records.len());
+                    results.push(r.map(|(outcomes, record)| {
+                        records.push(record);
+                        outcomes
+                    }));
+                }
+                // Durable first (one fdatasync), visible second, answered last.
+                commit(inner, &snap, group, &records)
             }
-            let r = eval_job(inner, &mut group, &job.ops, &mut counters, records.len());
-            results.push(r.map(|(outcomes, record)| {
-                records.push(record);
-                outcomes
-            }));
-        }
-        // Durable first (one fdatasync), visible second, answered last.
-        let committed = commit(inner, group, &records);
+            Err(e) => Err(format!("index read failed: {e}")),
+        };
         // The group is durable and applied whatever happens next; a failed
         // reclamation stops only the writes after it.
         if let Ok(emptied) = &committed {
@@ -651,8 +644,8 @@ fn writer(inner: &Inner, mut rx: mpsc::Receiver<Job>, mut counters: Counters) {
             let _ = job.reply.send(answer);
         }
     }
-    if let Err(e) = inner.db.flush() {
-        tracing::warn!(path = %inner.path, error = %e, "final index flush failed; the next open replays more of the log");
+    if let Err(e) = inner.index.make_durable() {
+        tracing::warn!(path = %inner.path, error = %e, "final index commit failed; the next open replays more of the log");
     }
 }
 
@@ -784,25 +777,30 @@ fn failed(inner: &Inner, reason: &str) -> StoreError {
     }
 }
 
-/// Appends the group's records to the log (one fdatasync), then applies
-/// its writes to sled in one batch with the new `log.applied`, and says
+/// Appends the group's records to the log (one fdatasync), then commits
+/// its writes to the index in one transaction with the new `log.applied`, and says
 /// whether a segment's live count went to zero. `Err` means the store must
 /// refuse writes from now on: the log is poisoned, or the index no longer
 /// matches it until a reopen replays.
-fn commit(inner: &Inner, mut group: Group, records: &[Vec<u8>]) -> std::result::Result<bool, String> {
+fn commit(
+    inner: &Inner,
+    snap: &Snapshot,
+    mut group: Group,
+    records: &[Vec<u8>],
+) -> std::result::Result<bool, String> {
     if records.is_empty() {
         // Every job failed on its own (duplicates, ...): nothing to write.
         return Ok(false);
     }
     let batch: Vec<(u8, &[u8])> = records.iter().map(|r| (RECORD_JOB, r.as_slice())).collect();
     let positions = inner.log.append(&batch).map_err(|e| e.to_string())?;
-    group.fill_positions(&inner.db, &positions)?;
+    group.fill_positions(snap, &positions)?;
     let emptied = group
         .pending
         .iter()
         .any(|(k, v)| v.is_none() && k.first() == Some(&b'L'));
     let applied = inner.log.tail();
-    apply_group(&inner.db, group.pending, applied).map_err(|e| format!("index update failed: {e}"))?;
+    apply_group(&inner.index, group.pending, applied).map_err(|e| format!("index update failed: {e}"))?;
     let mut totals = lock(&inner.totals);
     for (hop, depth, bytes) in group.deltas {
         let t = totals.entry(hop.clone()).or_default();
@@ -817,7 +815,7 @@ fn commit(inner: &Inner, mut group: Group, records: &[Vec<u8>]) -> std::result::
 
 /// Deletes every sealed log segment that no index entry points into, and
 /// returns how many. Before the first removal it makes the index durable
-/// (sled's flush, then an fsync of each of its files and its directory), so
+/// (a durable commit, which also covers every earlier one), so
 /// that no state of the index a power cut can bring back points into a
 /// removed segment or replays from before one. `Err` means the store must
 /// refuse writes from now on.
@@ -829,26 +827,26 @@ fn reclaim(inner: &Inner) -> std::result::Result<usize, String> {
     let upto = inner.reclaim_upto.load(std::sync::atomic::Ordering::Acquire);
     let sealed: Vec<u64> = inner.log.segments().into_iter().filter(|s| *s < upto).collect();
     let mut dead = Vec::new();
+    let snap = inner
+        .index
+        .read()
+        .map_err(|e| format!("index read failed: {e}"))?;
     for &segment in &sealed {
-        if !inner
-            .db
-            .contains_key(keys::live(segment))
+        if !snap
+            .contains(&keys::live(segment))
             .map_err(|e| format!("index read failed: {e}"))?
         {
             dead.push(segment);
         }
     }
+    drop(snap);
     if dead.is_empty() {
         return Ok(0);
     }
-    inner
-        .db
-        .flush()
-        .map_err(|e| format!("index flush before reclaiming log segments failed: {e}"))?;
-    sync_tree(&inner.index_dir).map_err(|e| {
+    inner.index.make_durable().map_err(|e| {
         format!(
-            "fsync of the index in {} before reclaiming log segments failed: {e}",
-            inner.index_dir.display()
+            "durable commit of the index {} before reclaiming log segments failed: {e}",
+            inner.index.file().display()
         )
     })?;
     for &segment in &dead {
@@ -860,16 +858,16 @@ fn reclaim(inner: &Inner) -> std::result::Result<usize, String> {
 }
 
 /// The reclaimer thread: looks for dead segments whenever the writer pings,
-/// so that the index flush and fsyncs before a deletion never hold up a
-/// group commit. A failure makes the store refuse writes.
+/// so that the deletions and their fsyncs are not done by the writer
+/// thread. A failure makes the store refuse writes.
 fn reclaimer(inner: &Inner, ping: &std::sync::mpsc::Receiver<()>) {
     let mut last: Option<std::time::Instant> = None;
     while ping.recv().is_ok() {
         if lock(&inner.failed).is_some() {
             continue;
         }
-        // At most one deletion round per RECLAIM_EVERY: its index flush and
-        // fsyncs compete with group commits for the disk. Pings meanwhile
+        // At most one deletion round per RECLAIM_EVERY: its durable index
+        // commit and fsyncs compete with group commits for the disk. Pings meanwhile
         // coalesce; close ends the wait.
         let every = std::time::Duration::from_millis(
             inner.reclaim_every_ms.load(std::sync::atomic::Ordering::Relaxed),
@@ -899,35 +897,20 @@ fn reclaimer(inner: &Inner, ping: &std::sync::mpsc::Receiver<()>) {
     }
 }
 
-/// fsyncs every file under `dir` (sled's files, one level of
-/// subdirectories) and the directories themselves.
-fn sync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            sync_tree(&entry.path())?;
-        } else {
-            std::fs::File::open(entry.path())?.sync_all()?;
-        }
-    }
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// One sled batch: the writes plus the log position they bring the index to.
+/// Commits the group's writes to the index with the log position they
+/// bring it to, in one transaction (durable every [`crate::index::DURABLE_EVERY`]).
 fn apply_group(
-    db: &sled::Db,
+    index: &Index,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     applied: Position,
-) -> std::result::Result<(), sled::Error> {
-    let mut batch = sled::Batch::default();
-    for (k, v) in pending {
-        match v {
-            Some(v) => batch.insert(k, v),
-            None => batch.remove(k),
-        }
-    }
-    batch.insert(keys::counter(APPLIED_KEY), encode_position(applied).to_vec());
-    db.apply_batch(batch)
+) -> std::result::Result<(), redb::Error> {
+    let position: Change = (
+        keys::counter(APPLIED_KEY),
+        Some(encode_position(applied).to_vec()),
+    );
+    index
+        .commit(pending.into_iter().chain(std::iter::once(position)), false)
+        .map(|_| ())
 }
 
 fn encode_position(p: Position) -> [u8; 12] {
@@ -937,9 +920,9 @@ fn encode_position(p: Position) -> [u8; 12] {
     out
 }
 
-fn read_applied(db: &sled::Db, path: &str) -> Result<Position> {
+fn read_applied(snap: &Snapshot, path: &str) -> Result<Position> {
     let key = keys::counter(APPLIED_KEY);
-    let Some(v) = db.get(&key).map_err(|source| StoreError::Db {
+    let Some(v) = snap.get(&key).map_err(|source| StoreError::Db {
         path: path.to_owned(),
         source,
     })?
@@ -960,11 +943,13 @@ fn read_applied(db: &sled::Db, path: &str) -> Result<Position> {
 
 /// Applies every log record from `from` on to the index, through the same
 /// code as the writer, and returns how many there were.
-fn replay(db: &sled::Db, log: &Log, path: &str, from: Position) -> Result<u64> {
-    let mut counters = Counters::load(db).map_err(|source| StoreError::Db {
+fn replay(index: &Index, log: &Log, path: &str, from: Position) -> Result<u64> {
+    let db_err = |source| StoreError::Db {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut snap = index.read().map_err(db_err)?;
+    let mut counters = Counters::load(&snap).map_err(db_err)?;
     let mut group = Group::default();
     let mut failure = None;
     let mut replayed = 0;
@@ -975,12 +960,8 @@ fn replay(db: &sled::Db, log: &Log, path: &str, from: Position) -> Result<u64> {
         let step = (|| -> Result<()> {
             if group.pending.len() >= REPLAY_CHUNK_KEYS {
                 // Everything before this record is in `group`.
-                apply_group(db, std::mem::take(&mut group).pending, pos).map_err(|source| {
-                    StoreError::Db {
-                        path: path.to_owned(),
-                        source,
-                    }
-                })?;
+                apply_group(index, std::mem::take(&mut group).pending, pos).map_err(db_err)?;
+                snap = index.read().map_err(db_err)?;
             }
             if kind != RECORD_JOB {
                 return Err(StoreError::Corrupt {
@@ -990,7 +971,7 @@ fn replay(db: &sled::Db, log: &Log, path: &str, from: Position) -> Result<u64> {
             }
             let (ops, cursors) = decode_job(pos, payload)?;
             match eval_job_in(
-                db,
+                &snap,
                 path,
                 &group.pending,
                 &ops,
@@ -1024,26 +1005,23 @@ fn replay(db: &sled::Db, log: &Log, path: &str, from: Position) -> Result<u64> {
         return Err(e);
     }
     if replayed > 0 || from != log.tail() {
-        apply_group(db, group.pending, log.tail()).map_err(|source| StoreError::Db {
-            path: path.to_owned(),
-            source,
-        })?;
+        apply_group(index, group.pending, log.tail()).map_err(db_err)?;
     }
     Ok(replayed)
 }
 
 /// One job as a log record; `cursors` holds, per op, the inbox cursor it
 /// was given (0: none; missing entries count as 0).
-fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
+fn encode_job(ops: Vec<Op>, cursors: &[u64]) -> Vec<u8> {
     let strings = |v: &[NodeId]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     let ops = ops
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(n, op)| match op {
             Op::Ingest(i) => OpPb {
                 kind: op_kind::INGEST,
                 id: i.id.as_bytes().to_vec(),
-                envelope: i.envelope.clone(),
+                envelope: i.envelope,
                 precedence: i.precedence.to_proto() as i32,
                 expires_ms: i.expires_ms,
                 now_ms: i.now_ms,
@@ -1067,7 +1045,7 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 kind: op_kind::FORWARDED,
                 id: id.as_bytes().to_vec(),
                 node: next_hop.to_string(),
-                now_ms: *now_ms,
+                now_ms,
                 ..OpPb::default()
             },
             Op::Rejected {
@@ -1079,8 +1057,8 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 kind: op_kind::REJECTED,
                 id: id.as_bytes().to_vec(),
                 node: next_hop.to_string(),
-                reason: reason.clone(),
-                now_ms: *now_ms,
+                reason,
+                now_ms,
                 ..OpPb::default()
             },
             Op::Delivered {
@@ -1091,12 +1069,12 @@ fn encode_job(ops: &[Op], cursors: &[u64]) -> Vec<u8> {
                 kind: op_kind::DELIVERED,
                 id: id.as_bytes().to_vec(),
                 node: recipient.to_string(),
-                now_ms: *delivered_ms,
+                now_ms: delivered_ms,
                 ..OpPb::default()
             },
             Op::ExpireDue { now_ms } => OpPb {
                 kind: op_kind::EXPIRE_DUE,
-                now_ms: *now_ms,
+                now_ms,
                 ..OpPb::default()
             },
         })
@@ -1195,7 +1173,7 @@ fn envelope_in(pos: Position, payload: &[u8], id: &MessageId) -> Result<Vec<u8>>
         })
 }
 
-/// The writes of a group's jobs that passed, not yet in sled.
+/// The writes of a group's jobs that passed, not yet in the index.
 #[derive(Default)]
 struct Group {
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -1216,7 +1194,7 @@ impl Group {
     /// Writes the positions the append gave into the entries that point at
     /// them, and counts each live in its segment. An entry that a later
     /// job of the group already removed needs neither.
-    fn fill_positions(&mut self, db: &sled::Db, positions: &[Position]) -> std::result::Result<(), String> {
+    fn fill_positions(&mut self, snap: &Snapshot, positions: &[Position]) -> std::result::Result<(), String> {
         for (slot, key) in std::mem::take(&mut self.patches) {
             let pos = *positions
                 .get(slot)
@@ -1246,7 +1224,7 @@ impl Group {
             let count = match self.pending.get(&lk) {
                 Some(Some(v)) => read_u64(v),
                 Some(None) => 0,
-                None => db
+                None => snap
                     .get(&lk)
                     .map_err(|e| e.to_string())?
                     .as_deref()
@@ -1266,7 +1244,7 @@ fn read_u64(v: &[u8]) -> u64 {
 /// Pending writes of one job over the index and its group: reads see
 /// earlier writes of the same job and of the jobs before it in the group.
 struct Tx<'a> {
-    db: &'a sled::Db,
+    snap: &'a Snapshot,
     path: &'a str,
     group: &'a BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -1285,7 +1263,7 @@ enum BodyAt {
 }
 
 impl<'a> Tx<'a> {
-    fn err(&self, source: sled::Error) -> StoreError {
+    fn err(&self, source: redb::Error) -> StoreError {
         StoreError::Db {
             path: self.path.to_owned(),
             source,
@@ -1300,7 +1278,7 @@ impl<'a> Tx<'a> {
         if let Some(v) = self.overlay(key) {
             return Ok(v.clone());
         }
-        Ok(self.db.get(key).map_err(|e| self.err(e))?.map(|v| v.to_vec()))
+        self.snap.get(key).map_err(|e| self.err(e))
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -1360,9 +1338,9 @@ impl<'a> Tx<'a> {
     /// Keys and values under `prefix`, earlier writes of the group and this job included.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut merged = BTreeMap::new();
-        for item in self.db.scan_prefix(prefix) {
+        for item in self.snap.prefix(prefix).map_err(|e| self.err(e))? {
             let (k, v) = item.map_err(|e| self.err(e))?;
-            merged.insert(k.to_vec(), Some(v.to_vec()));
+            merged.insert(k, Some(v));
         }
         for layer in [self.group, &self.pending] {
             for (k, v) in layer.range(prefix.to_vec()..) {
@@ -1384,7 +1362,7 @@ impl<'a> Tx<'a> {
     fn range_keys(&self, lo: &[u8], hi: &[u8], limit: usize) -> Result<Vec<Vec<u8>>> {
         let mut merged: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
         let mut from_db = 0;
-        for item in self.db.range(lo.to_vec()..=hi.to_vec()) {
+        for item in self.snap.range(lo, hi).map_err(|e| self.err(e))? {
             if from_db >= limit {
                 break;
             }
@@ -1393,7 +1371,7 @@ impl<'a> Tx<'a> {
                 continue;
             }
             from_db += 1;
-            merged.insert(k.to_vec(), true);
+            merged.insert(k, true);
         }
         for layer in [self.group, &self.pending] {
             for (k, v) in layer.range(lo.to_vec()..=hi.to_vec()) {
@@ -1414,8 +1392,9 @@ impl<'a> Tx<'a> {
 /// positions are filled in from it once the batch is appended.
 fn eval_job(
     inner: &Inner,
+    snap: &Snapshot,
     group: &mut Group,
-    ops: &[Op],
+    ops: Vec<Op>,
     counters: &mut Counters,
     slot: usize,
 ) -> Result<(Vec<Outcome>, Vec<u8>)> {
@@ -1424,10 +1403,10 @@ fn eval_job(
         cursor: counters.cursor,
     };
     let ev = eval_job_in(
-        &inner.db,
+        snap,
         &inner.path,
         &group.pending,
-        ops,
+        &ops,
         &[],
         counters,
         BodyAt::Pending,
@@ -1458,7 +1437,7 @@ struct Evaluated {
 /// Evaluates `ops` over the index and `group`; `recorded` holds, per op,
 /// the inbox cursor a log record says it was given (replay), or is empty.
 fn eval_job_in(
-    db: &sled::Db,
+    snap: &Snapshot,
     path: &str,
     group: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     ops: &[Op],
@@ -1467,7 +1446,7 @@ fn eval_job_in(
     body: BodyAt,
 ) -> Result<Evaluated> {
     let mut tx = Tx {
-        db,
+        snap,
         path,
         group,
         pending: BTreeMap::new(),
@@ -1873,7 +1852,7 @@ mod tests {
         #[test]
         fn a_job_record_decodes_to_the_same_job(ops in proptest::collection::vec(op(), 0..5)) {
             let cursors: Vec<u64> = (0..ops.len() as u64).map(|n| n * 7).collect();
-            let bytes = encode_job(&ops, &cursors);
+            let bytes = encode_job(ops.clone(), &cursors);
             let (back, back_cursors) = decode_job(Position::START, &bytes).expect("own encoding decodes");
             // `Op` has no `PartialEq`: compare the debug forms and the re-encoding.
             prop_assert_eq!(format!("{ops:?}"), format!("{back:?}"));
@@ -1883,7 +1862,7 @@ mod tests {
                 .map(|(op, c)| if matches!(op, Op::Ingest(_)) { *c } else { 0 })
                 .collect();
             prop_assert_eq!(&back_cursors, &want);
-            prop_assert_eq!(encode_job(&back, &back_cursors), bytes);
+            prop_assert_eq!(encode_job(back, &back_cursors), bytes);
         }
 
         #[test]
