@@ -8,8 +8,8 @@
 //! `afl::fuzz!`; `src/bin/seeds.rs` writes their starting corpora.
 //!
 //! - [`frame`]: QUIC stream bytes: `sitrep_net::frame::decode_len` and
-//!   `decode_body`, frame after frame, and a transfer's envelope as ingress
-//!   reads it.
+//!   `decode_body`, frame after frame, and a transfer's envelope bytes as
+//!   ingress reads them.
 //! - [`envelope`]: an envelope as a hop and its recipients read it (`peek`,
 //!   `verify`, `open`, the payload by content type); the same bytes as a bare
 //!   header (`HeaderInfo::from_proto`, which the signature check otherwise
@@ -210,14 +210,13 @@ pub fn frame(data: &[u8]) {
         );
         // A sender reads the answer to its transfer.
         let _ = sitrep_core::ingress::next_hop_answer(f.kind.as_ref());
-        // Ingress: the transfer's envelope, re-encoded, read for a refusal's
-        // log line and verified.
+        // Ingress: the transfer's envelope bytes, read for a refusal's log
+        // line and verified.
         if let Some(pb::frame::Kind::Transfer(t)) = &f.kind
-            && let Some(e) = &t.envelope
+            && !t.envelope.is_empty()
         {
-            let bytes = e.encode_to_vec();
-            let _ = envelope::peek_header(&bytes);
-            let _ = receive(net, &bytes);
+            let _ = envelope::peek_header(&t.envelope);
+            let _ = receive(net, &t.envelope);
         }
     }
 }
