@@ -468,14 +468,55 @@ impl Config {
         if !path.is_file() {
             return Err(err(file_key, "not found"));
         }
+        let text = std::fs::read_to_string(path).map_err(|e| err(&file_key, e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, &file_key, base, env)
+    }
+
+    /// Parses and validates the text of a config file, with overrides from
+    /// `env`: what [`Config::load_with_env`] does once it has read the file.
+    /// `origin` names the text in errors about its syntax and shape (`file
+    /// node.toml`); relative paths in it are taken from `base`, where the
+    /// files it names must exist.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        base: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         // Only SITREP_<SECTION>__<KEY> overrides config keys; plain SITREP_API
         // and SITREP_TOKEN belong to the client commands.
         let overrides: HashMap<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.strip_prefix("SITREP_").is_some_and(|rest| rest.contains("__")))
             .collect();
+        // The `config` crate reads the top-level keys of each source (and the
+        // names of the variables) as paths, where `[N]` is an index into an
+        // array it grows to N: `"a[92222222222222]" = 1` aborted the node
+        // allocating petabytes. No key of ours needs more than letters, digits
+        // and `_`, so anything else is refused before `config` sees it.
+        if let Some(name) = overrides.keys().find(|k| !is_plain_key(k)) {
+            return Err(err(
+                format!("environment variable {}", name.escape_debug()),
+                "not a config key: SITREP_<SECTION>__<KEY> with letters, digits and _ only",
+            ));
+        }
+        let file = config::File::from_str(text, config::FileFormat::Toml);
+        let top = config::Source::collect(&file).map_err(|e| err(origin, e.to_string()))?;
+        if let Some(key) = top.keys().find(|k| !is_plain_key(k)) {
+            return Err(err(
+                origin,
+                format!(
+                    "{:?} is not a section of the config (node, channels, peers, routes, api, limits, log, feeds)",
+                    key
+                ),
+            ));
+        }
         let raw: RawConfig = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(file)
             .add_source(
                 config::Environment::with_prefix("SITREP")
                     .prefix_separator("_")
@@ -485,8 +526,7 @@ impl Config {
             )
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| err(file_key, e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+            .map_err(|e| err(origin, e.to_string()))?;
         Self::validate(raw, base)
     }
 
@@ -756,6 +796,11 @@ impl Config {
             feeds,
         })
     }
+}
+
+/// A key the `config` crate takes as a name, not as a path: letters, digits, `_`.
+fn is_plain_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Validates `[[feeds]]`: names unique and well formed, on a channel this

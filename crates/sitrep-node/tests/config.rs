@@ -180,3 +180,29 @@ async fn a_node_id_not_in_the_roster_or_a_foreign_key_stops_start_up() {
         other => panic!("expected a config error, got {other:?}"),
     }
 }
+
+/// Found by fuzzing (`fuzz/run long config`): the `config` crate reads a
+/// top-level key, and a variable's name, as a path where `[N]` indexes an
+/// array it grows to N, so this one-line file made start-up abort allocating
+/// 8.8 PB. Such keys are refused with the file or the variable named.
+#[test]
+fn a_key_that_indexes_far_is_refused_not_allocated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for text in [
+        " \"4_frbd[92222222222222]\"=1",
+        "\"limits[-92222222222222]\" = 1",
+        "\"limits.max_streams\" = 5",
+    ] {
+        let e = Config::from_toml(text, "file fuzz.toml", dir.path(), Vec::new()).expect_err(text);
+        assert_eq!(e.key, "file fuzz.toml", "{text}");
+        assert!(e.problem.contains("is not a section of the config"), "{e}");
+    }
+    let p = pki(dir.path());
+    for name in [
+        "SITREP_LIMITS__HOP_LIMIT[92222222222222]",
+        "SITREP_API__TOKENS.READER",
+    ] {
+        let e = Config::load_with_env(&p, vec![(name.to_owned(), "1".to_owned())]).expect_err(name);
+        assert_eq!(e.key, format!("environment variable {name}"));
+    }
+}

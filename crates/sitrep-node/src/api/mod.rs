@@ -30,6 +30,9 @@ mod status;
 #[allow(unused_qualifications)]
 mod submit;
 
+#[doc(hidden)]
+pub use submit::parse_submit_body;
+
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -299,6 +299,31 @@ impl SubmitBody {
     }
 }
 
+/// Parses a `POST /v1/reports` body and checks every field, as the handler
+/// does before the token's role and the label policy are looked at: the
+/// submission, or every problem found, each naming its field (`body` for
+/// JSON that does not parse). Public for the fuzz targets (`fuzz/`), which
+/// feed it arbitrary bytes without an HTTP server.
+///
+/// # Errors
+/// The [`FieldError`]s, at least one.
+#[doc(hidden)]
+pub fn parse_submit_body(raw: &[u8]) -> Result<Submission, Vec<FieldError>> {
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let body: SubmitBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let at = e.path().to_string();
+        let at = if at == "." { "body".to_owned() } else { at };
+        let inner = e.into_inner();
+        let problem = if inner.is_syntax() || inner.is_eof() {
+            format!("not JSON: {inner}")
+        } else {
+            inner.to_string()
+        };
+        vec![field(at, problem)]
+    })?;
+    body.into_submission()
+}
+
 /// The request header that makes a submission safe to retry.
 pub(super) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Set on the answer to a retry that stored nothing new.
@@ -362,21 +387,7 @@ pub(super) async fn submit_report(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, Role::Reporter)?;
     let key = submission_key(&headers, &raw)?;
-    let body: SubmitBody = {
-        let mut de = serde_json::Deserializer::from_slice(&raw);
-        serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let at = e.path().to_string();
-            let at = if at == "." { "body".to_owned() } else { at };
-            let inner = e.into_inner();
-            let problem = if inner.is_syntax() || inner.is_eof() {
-                format!("not JSON: {inner}")
-            } else {
-                inner.to_string()
-            };
-            ApiError::fields(vec![field(at, problem)])
-        })?
-    };
-    let sub = body.into_submission().map_err(ApiError::fields)?;
+    let sub = parse_submit_body(&raw).map_err(ApiError::fields)?;
     match state.service.submit_keyed(sub, key).await {
         Ok(done) => {
             let id = done.id.to_string();
