@@ -13,6 +13,8 @@
 //! `/proc/stat`) and how much of that was the bench itself, so figures
 //! taken on a shared machine can be judged.
 
+#[path = "support/perf.rs"]
+mod perf;
 #[path = "support/reports.rs"]
 mod reports;
 
@@ -224,6 +226,7 @@ impl LoadMeter {
             .iter()
             .map(|p| Ok(((*p).to_owned(), process_cpu(p)?)))
             .collect::<anyhow::Result<_>>()?;
+        perf::control("enable");
         Ok(Self {
             pids,
             machine: machine_cpu()?,
@@ -231,6 +234,7 @@ impl LoadMeter {
     }
 
     fn finish(&self) -> anyhow::Result<Load> {
+        perf::control("disable");
         let used = self
             .pids
             .iter()

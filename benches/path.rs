@@ -18,6 +18,8 @@
 //! smoke run instead. Exits non-zero if deliveries or receipts do not all
 //! arrive in time.
 
+#[path = "support/perf.rs"]
+mod perf;
 #[path = "support/reports.rs"]
 mod reports;
 
@@ -317,6 +319,7 @@ async fn sustained(
     let delivered = collect(net.node(AUTHORITY).events(), Want::Delivered, n, deadline);
     let receipts = collect(net.node(REGION).events(), Want::Receipt, n, deadline);
     let cpu0 = process_cpu()?;
+    perf::control("enable");
     let t0 = Instant::now();
     let ids: Vec<MessageId> = submit_all(net, template, n, deadline)
         .await?
@@ -326,6 +329,7 @@ async fn sustained(
     let accepted = t0.elapsed();
     let delivered = join(delivered).await?;
     let receipts = join(receipts).await?;
+    perf::control("disable");
     let cpu = process_cpu()?.saturating_sub(cpu0);
     let last = |m: &HashMap<MessageId, Instant>| -> anyhow::Result<Duration> {
         let mut last = t0;

@@ -71,7 +71,8 @@
 //!
 //! # Open files
 //!
-//! The active segment's file stays open. A sealed segment's file is opened
+//! The active segment's file stays open; it is closed when the segment is
+//! sealed. A sealed segment's file is opened
 //! when a read or replay needs it and closed again when more than
 //! [`MAX_OPEN_SEALED`] sealed segments are open (the one opened longest ago
 //! first), so a log of thousands of segments (a long backlog, an inbox kept
@@ -703,7 +704,12 @@ impl Log {
                 self.write_and_sync(&w.active, from, buf)?;
                 buf.clear();
                 sealed.push((Arc::clone(&w.active), off));
-                self.note_open(Arc::clone(&w.active));
+                // Sealed: its file is closed, and opened again only if a
+                // read needs it (a store that only appends, an inbox
+                // nobody reads yet, keeps no descriptor for it).
+                if let Ok(mut f) = w.active.file.lock() {
+                    *f = None;
+                }
                 let next = w.active.start + off;
                 let seg = Arc::new(create_segment(
                     &*self.dir,
@@ -1547,6 +1553,9 @@ mod tests {
             "{} segments",
             segments.len()
         );
+        // Appending alone keeps only the active segment open: each sealed
+        // one was closed when the next began.
+        assert_eq!(open_files_in(&path), 1, "files open after appending only");
         // Reading every record opens every sealed segment once more.
         for r in &want {
             assert_eq!(log.read(r.pos).expect("read").1, r.payload);
