@@ -5,9 +5,9 @@
 /// `disable`) to it, so that set-up, filling and warm-up stay out of the
 /// profile. Does nothing without the variable.
 pub(crate) fn control(command: &str) {
-    if let Some(path) = std::env::var_os("SITREP_BENCH_PERF_FIFO") {
-        if let Err(e) = std::fs::write(&path, format!("{command}\n")) {
-            eprintln!("perf control {command}: {e}");
-        }
+    if let Some(path) = std::env::var_os("SITREP_BENCH_PERF_FIFO")
+        && let Err(e) = std::fs::write(&path, format!("{command}\n"))
+    {
+        eprintln!("perf control {command}: {e}");
     }
 }
