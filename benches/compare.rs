@@ -31,6 +31,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
+use sitrep_node::Node;
 use sitrep_proto::v1 as pb;
 use sitrep_testkit::{TestNet, line};
 use tokio::task::JoinSet;
@@ -606,9 +607,6 @@ async fn one_hop(n: usize) -> anyhow::Result<OneHop> {
     })
 }
 
-/// Submits `n` reports (numbered from `first`) and waits until the hub has
-/// taken custody of all of them: from the first submit, until then and
-/// until the last submit returned.
 /// DESIGN §10's one hop alone: the region holds `n` reports already
 /// sealed, signed and durable in its outbox (submitted while the hub was
 /// down); the hub comes up and the region sends them, 64 in flight; the hub
@@ -634,19 +632,7 @@ async fn hop_only(n: usize) -> anyhow::Result<OneHop> {
     let meter = LoadMeter::start(&["self"])?;
     setup.start_node(HUB).await;
     let t0 = Instant::now();
-    let hub = net.node(HUB);
-    let mut rx = hub.watch();
-    loop {
-        rx.mark_unchanged();
-        let accepted = hub.counters().get("accepted");
-        if accepted >= n as u64 {
-            break;
-        }
-        tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .map_err(|_| anyhow!("timed out with {accepted} of {n} in the hub's custody"))?
-            .map_err(|_| anyhow!("the hub stopped"))?;
-    }
+    until_accepted(net.node(HUB), n as u64, deadline).await?;
     let elapsed = t0.elapsed();
     let load = meter.finish()?;
     Arc::try_unwrap(net)
@@ -661,6 +647,9 @@ async fn hop_only(n: usize) -> anyhow::Result<OneHop> {
     })
 }
 
+/// Submits `n` reports (numbered from `first`) and waits until the hub has
+/// taken custody of all of them: from the first submit, until then and
+/// until the last submit returned.
 async fn to_custody(
     net: &Arc<TestNet>,
     template: &Arc<pb::SituationReport>,
@@ -670,28 +659,28 @@ async fn to_custody(
     let deadline = Instant::now() + timeout(n);
     let hub = net.node(HUB);
     let want = hub.counters().get("accepted") + n as u64;
-    let mut rx = hub.watch();
     let t0 = Instant::now();
     submit_all(net, template, first, n, deadline).await?;
     let submitted = t0.elapsed();
+    until_accepted(hub, want, deadline).await?;
+    Ok((t0.elapsed(), submitted))
+}
+
+/// Waits until the hub's `accepted` counter reaches `want`.
+async fn until_accepted(hub: &Node, want: u64, deadline: Instant) -> anyhow::Result<()> {
+    let mut rx = hub.watch();
     loop {
         // Mark first, then check: a change after the check still wakes us.
         rx.mark_unchanged();
         let accepted = hub.counters().get("accepted");
         if accepted >= want {
-            break;
+            return Ok(());
         }
         tokio::time::timeout_at(deadline, rx.changed())
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "timed out with {} of {n} in the hub's custody",
-                    n as u64 + accepted - want
-                )
-            })?
+            .map_err(|_| anyhow!("timed out with the hub's accepted counter at {accepted} of {want}"))?
             .map_err(|_| anyhow!("the hub stopped"))?;
     }
-    Ok((t0.elapsed(), submitted))
 }
 
 /// Submits reports `first..first + n` at the region, [`IN_FLIGHT`] at a

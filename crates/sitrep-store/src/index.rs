@@ -240,7 +240,7 @@ impl Snapshot {
         &'a self,
         prefix: &'a [u8],
     ) -> Result<impl Iterator<Item = Entry> + 'a, redb::Error> {
-        self.from(prefix, move |k| k.starts_with(prefix))
+        self.prefix_from(prefix, prefix)
     }
 
     /// Keys and values under `prefix` from `from` on, in key order.

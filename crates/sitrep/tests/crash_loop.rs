@@ -22,8 +22,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sitrep_node::config::Role;
@@ -78,6 +78,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How many inbox pages the reader has read; the test waits on it.
+#[derive(Debug, Default)]
+struct Pages {
+    count: Mutex<u64>,
+    more: Condvar,
+}
+
+impl Pages {
+    fn add(&self) {
+        *lock(&self.count) += 1;
+        self.more.notify_all();
+    }
+
+    fn get(&self) -> u64 {
+        *lock(&self.count)
+    }
+
+    /// Waits until at least `n` pages were read; false if `timeout` passed first.
+    fn wait_for(&self, n: u64, timeout: Duration) -> bool {
+        let (count, waited) = self
+            .more
+            .wait_timeout_while(lock(&self.count), timeout, |c| *c < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(count);
+        !waited.timed_out()
+    }
+}
+
 /// What the client got.
 #[derive(Default)]
 struct Submitted {
@@ -99,7 +127,8 @@ fn client(api: String, token: String, stop: Arc<AtomicBool>, out: Arc<Mutex<Subm
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        // Pacing: the load is RATE reports per second.
+        // Pacing: the load is RATE reports per second. This sleep is the
+        // offered load's schedule (what is tested), not a wait for a state.
         let due = start + Duration::from_secs(1) * n / RATE;
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
@@ -136,7 +165,8 @@ fn client(api: String, token: String, stop: Arc<AtomicBool>, out: Arc<Mutex<Subm
                 Err(_) => {}
             }
             lock(&out).retries += 1;
-            // A client's pause between retries.
+            // A client's pause between retries: the retrying client's own
+            // behaviour, which the test imitates (the node may be down).
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -148,7 +178,7 @@ fn reader(
     token: String,
     stop: Arc<AtomicBool>,
     read: Arc<Mutex<Vec<String>>>,
-    pages: Arc<AtomicU64>,
+    pages: Arc<Pages>,
 ) {
     let agent = agent();
     let mut cursor = String::new();
@@ -162,7 +192,9 @@ fn reader(
             _ => None,
         };
         let Some(v) = v else {
-            // Down or restarting: ask again soon, from the same cursor.
+            // Down or restarting: ask again soon, from the same cursor (a
+            // reader's back-off; nothing in this process can signal the
+            // node's return).
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
@@ -171,9 +203,10 @@ fn reader(
         if let Some(next) = v["next"].as_str() {
             cursor = next.to_owned();
         }
-        pages.fetch_add(1, Ordering::Relaxed);
+        pages.add();
         if items.is_empty() {
-            // Caught up: a reader polls again a little later.
+            // Caught up: a reader polls again a little later (the API has no
+            // push for the inbox; polling is how a reader follows it).
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -221,7 +254,7 @@ fn kill_9_of_random_nodes_under_load_loses_nothing_and_duplicates_nothing() {
     let stop_reader = Arc::new(AtomicBool::new(false));
     let submitted = Arc::new(Mutex::new(Submitted::default()));
     let read = Arc::new(Mutex::new(Vec::new()));
-    let pages = Arc::new(AtomicU64::new(0));
+    let pages = Arc::new(Pages::default());
     let client = std::thread::spawn({
         let (api, token) = (region_api.clone(), net.api_token(REGION, Role::Reporter));
         let (stop, out) = (Arc::clone(&stop_client), Arc::clone(&submitted));
@@ -279,13 +312,16 @@ fn kill_9_of_random_nodes_under_load_loses_nothing_and_duplicates_nothing() {
             lock(&read).len(),
             accepted.len()
         );
+        // A poll interval: the state is in three other processes, read
+        // over HTTP; the condition above is what is waited for.
         std::thread::sleep(Duration::from_millis(100));
     };
     // One more page, to see anything that came after settling.
-    let seen = pages.load(Ordering::Relaxed);
-    while pages.load(Ordering::Relaxed) < seen + 2 {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let seen = pages.get();
+    assert!(
+        pages.wait_for(seen + 2, SETTLE_LIMIT),
+        "the reader read no page for {SETTLE_LIMIT:?} after settling (seed {seed})"
+    );
     stop_reader.store(true, Ordering::Relaxed);
     reader.join().expect("the reader");
 
