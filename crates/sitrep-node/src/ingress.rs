@@ -213,7 +213,16 @@ async fn ingest(
     let now = now_ms();
     let roster = shared.roster.get();
     // Signature first: nothing in the header is believed before this.
-    let verified = bytes.as_ref().map(|b| envelope::verify(b, &roster, now));
+    let verified = match &bytes {
+        None => None,
+        Some(b) => Some(
+            shared
+                .verifier
+                .verify(b, &roster, now)
+                .await
+                .map_err(|_| Refusal::internal("the node is stopping"))?,
+        ),
+    };
     let (seen_now, _busy) = match &verified {
         Some(Ok(v)) => seen(shared, rt, v.header.id),
         _ => (Seen::New, None),

@@ -40,6 +40,7 @@ mod node;
 mod service;
 mod shared;
 mod sweeper;
+mod verifier;
 
 pub use config::{Config, ConfigError};
 pub use error::{NodeError, RosterUpdateError, SubmitError};

@@ -104,6 +104,7 @@ impl Node {
             events,
             cancel: CancellationToken::new(),
             ingress_busy: Mutex::new(HashSet::new()),
+            verifier: Arc::default(),
             admin,
             roster_path: config.roster.clone(),
             api_addr: Mutex::new(None),

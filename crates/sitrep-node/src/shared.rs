@@ -265,6 +265,8 @@ pub(crate) struct Shared {
     /// Ids being handled by an ingress task right now, so a retransmission
     /// racing the first copy waits for its outcome instead of double work.
     pub(crate) ingress_busy: Mutex<HashSet<MessageId>>,
+    /// Checks arriving envelopes' signatures in batches.
+    pub(crate) verifier: Arc<crate::verifier::Verifier>,
     /// The pinned administrator key and the roster file, for reloads.
     pub(crate) admin: sitrep_crypto::VerifyingKey,
     pub(crate) roster_path: std::path::PathBuf,
