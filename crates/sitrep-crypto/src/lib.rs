@@ -1,8 +1,9 @@
 //! Message cryptography for sitrep, built from audited primitives only.
 //!
-//! - [`sign`]: Ed25519 signing and verification with ring, always over a
-//!   domain-separation prefix so a signature made for one purpose (an
-//!   envelope) can never be replayed as another (a roster).
+//! - [`sign`]: Ed25519 signing (ring) and verification (ed25519-dalek, one
+//!   at a time or in batches), always over a domain-separation prefix so a
+//!   signature made for one purpose (an envelope) can never be replayed as
+//!   another (a roster).
 //! - [`hpke`](mod@seal): sealing a content key to a recipient's static X25519 key
 //!   with HPKE (RFC 9180, base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
 //!   ChaCha20-Poly1305). ring cannot do static-key X25519, hence the `hpke` crate.
