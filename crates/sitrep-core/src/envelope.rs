@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use prost::Message as _;
 use sitrep_crypto::seal::Wrapped;
-use sitrep_crypto::sign::{Signed, verify_batch};
+use sitrep_crypto::sign::{Signed, Valid, verify_batch};
 use sitrep_crypto::{ContentKey, CryptoError, HpkeSecretKey, SigningKey};
 use sitrep_proto::v1 as pb;
 use zeroize::Zeroizing;
@@ -495,37 +495,17 @@ pub fn peek(envelope: &[u8]) -> Result<(pb::Envelope, HeaderInfo), OpenError> {
 /// [`OpenError`] naming the first problem.
 pub fn verify(envelope: &[u8], roster: &Roster, now_ms: i64) -> Result<Verified, OpenError> {
     let (unchecked, signed) = Unchecked::decode(envelope, roster)?;
-    let good = verify_batch(std::slice::from_ref(&signed))
-        .iter()
-        .all(Result::is_ok);
-    unchecked.finish(good, now_ms)
-}
-
-/// Verifies many envelopes with one batch check of their signatures
-/// ([`sitrep_crypto::sign::verify_batch`]): the same answer for each as
-/// [`verify`] gives it alone.
-#[must_use]
-pub fn verify_many(envelopes: &[&[u8]], roster: &Roster, now_ms: i64) -> Vec<Result<Verified, OpenError>> {
-    let decoded: Vec<Result<(Unchecked, Signed), OpenError>> =
-        envelopes.iter().map(|e| Unchecked::decode(e, roster)).collect();
-    let signed: Vec<Signed> = decoded
-        .iter()
-        .filter_map(|d| d.as_ref().ok().map(|(_, s)| s.clone()))
-        .collect();
-    let mut good = verify_batch(&signed).into_iter();
-    decoded
-        .into_iter()
-        .map(|d| {
-            let (u, _) = d?;
-            u.finish(good.next().is_some_and(|r| r.is_ok()), now_ms)
-        })
-        .collect()
+    let answer = verify_batch(std::slice::from_ref(&signed))
+        .pop()
+        .unwrap_or(Err(CryptoError::BadSignature));
+    unchecked.finish(answer, now_ms)
 }
 
 /// An envelope decoded and its origin's key found, its signature not yet
 /// checked: [`verify`] in two steps, so that a caller can check the
-/// signatures of many envelopes in one batch. Nothing in it is believed
-/// until [`Unchecked::finish`] is told the signature verified.
+/// signatures of many envelopes in one batch
+/// ([`sitrep_crypto::sign::verify_batch`]). Nothing in it is believed until
+/// [`Unchecked::finish`] gets that check's answer for its signature.
 #[derive(Debug)]
 pub struct Unchecked {
     origin: NodeId,
@@ -555,13 +535,14 @@ impl Unchecked {
         ))
     }
 
-    /// The rest of [`verify`], once the signature's check answered
-    /// `signature_ok`: header validity, clock, expiry and the payload's form.
+    /// The rest of [`verify`], given the check's answer for the signature
+    /// that [`Unchecked::decode`] returned: header validity, clock, expiry
+    /// and the payload's form.
     ///
     /// # Errors
     /// [`OpenError::BadSignature`] if it did not verify, then as [`verify`].
-    pub fn finish(self, signature_ok: bool, now_ms: i64) -> Result<Verified, OpenError> {
-        if !signature_ok {
+    pub fn finish(self, signature: Result<Valid, CryptoError>, now_ms: i64) -> Result<Verified, OpenError> {
+        if signature.is_err() {
             return Err(OpenError::BadSignature(self.origin));
         }
         let header = HeaderInfo::from_proto(&self.header).map_err(OpenError::InvalidHeader)?;
@@ -797,56 +778,6 @@ mod tests {
         }
         assert!(seen["signature"] > env.bytes.len(), "{seen:?}");
         assert!(seen["decode"] > 0, "{seen:?}");
-    }
-
-    #[test]
-    fn verifying_many_at_once_answers_each_as_verifying_it_alone() {
-        let f = net();
-        let mut envelopes: Vec<Vec<u8>> = Vec::new();
-        for i in 0..24u8 {
-            let payload = vec![i; 64 + usize::from(i) * 150];
-            let env = seal_from_uppsala(&f, &draft(&["msb"], &payload)).bytes;
-            let bad = match i % 6 {
-                // Signature, signed bytes, a truncation, garbage.
-                1 => Some(flip(&env, env.len() - 10)),
-                3 => Some(flip(&env, env.len() / 2)),
-                5 if i == 5 => Some(env[..env.len() - 1].to_vec()),
-                5 => Some(vec![0xff; 40]),
-                _ => None,
-            };
-            envelopes.push(bad.unwrap_or(env));
-        }
-        // One signed by a key of Uppsala's that our roster does not hold.
-        let lone = Fixture::new(&[("region-uppsala", Class::Secret), ("msb", Class::Secret)], NOW);
-        let stranger = seal(
-            &draft(&["msb"], b"x"),
-            &lone.node("region-uppsala").signing,
-            &lone.roster,
-            NOW,
-        )
-        .expect("seal")
-        .bytes;
-        envelopes.push(stranger);
-        let refs: Vec<&[u8]> = envelopes.iter().map(Vec::as_slice).collect();
-        let many = verify_many(&refs, &f.roster, NOW);
-        assert_eq!(many.len(), envelopes.len());
-        let mut good = 0;
-        for (i, (env, got)) in envelopes.iter().zip(many).enumerate() {
-            let alone = verify(env, &f.roster, NOW);
-            assert_eq!(
-                got.as_ref().map(|v| v.header.id),
-                alone.as_ref().map(|v| v.header.id),
-                "envelope {i}"
-            );
-            good += usize::from(alone.is_ok());
-        }
-        assert_eq!(good, 12, "the unchanged ones, and only those, verify");
-    }
-
-    fn flip(bytes: &[u8], at: usize) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        out[at] ^= 0x01;
-        out
     }
 
     type Edit = dyn Fn(&mut pb::Header, &mut pb::Sealed);

@@ -1,6 +1,6 @@
 //! Message cryptography for sitrep, built from audited primitives only.
 //!
-//! - [`sign`]: Ed25519 signing (ring) and verification (ed25519-dalek, one
+//! - [`sign`]: Ed25519 signing (ring) and verification (ed25519-zebra, one
 //!   at a time or in batches), always over a domain-separation prefix so a
 //!   signature made for one purpose (an envelope) can never be replayed as
 //!   another (a roster).

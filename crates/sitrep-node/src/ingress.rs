@@ -220,7 +220,7 @@ async fn ingest(
                 .verifier
                 .verify(b, &roster, now)
                 .await
-                .map_err(|_| Refusal::internal("the node is stopping"))?,
+                .map_err(|_| Refusal::internal("the signature check did not finish; try again"))?,
         ),
     };
     let (seen_now, _busy) = match &verified {

@@ -4,28 +4,39 @@
 //! (DESIGN §5.2). Checked one at a time, Ed25519 verification was the
 //! largest single cost of a hop (about 30 % of its CPU); checked together,
 //! a batch of 8 or more costs about half as much per signature
-//! ([`sitrep_crypto::sign::verify_batch`], same answers as one at a time).
+//! ([`sitrep_crypto::sign::verify_batch`], the same answer for each
+//! signature as alone).
 //!
 //! Transfers are read concurrently, one task each. A task decodes its
 //! envelope, queues the signature here and waits. Whoever finds no check
-//! running starts one: a task that takes everything queued (at most
-//! [`MAX_BATCH`]), checks it, answers each waiter, and goes on while more
-//! has queued meanwhile. Under load, signatures queue while a batch is
-//! being checked, so batches grow with the load; a lone transfer is
-//! checked alone, at once.
+//! running starts one on a blocking thread (the hashing and curve work stay
+//! off the runtime's workers): it takes what is queued (at most
+//! [`MAX_BATCH`] signatures and [`MAX_BATCH_BYTES`] of signed bytes),
+//! checks it, answers each waiter, and goes on while more queued meanwhile.
+//! Under load, signatures queue while a batch is checked, so batches grow
+//! with the load; a lone transfer is checked alone, at once. The queue holds
+//! one entry per transfer being read, so the peer limits on concurrent
+//! transfers and buffered bytes bound it; an entry whose waiter has gone
+//! (its connection closed) is dropped unchecked.
 
 use std::sync::{Arc, Mutex};
 
 use sitrep_core::Roster;
 use sitrep_core::envelope::{OpenError, Unchecked, Verified};
-use sitrep_crypto::sign::{Signed, verify_batch};
+use sitrep_crypto::CryptoError;
+use sitrep_crypto::sign::{Signed, Valid, verify_batch};
 use tokio::sync::oneshot;
 
 use crate::shared::lock;
 
-/// 32: the most signatures checked in one go (about 0.8 ms of one core),
-/// so that a batch does not hold a runtime worker for long.
+/// 32: the most signatures checked in one go.
 pub(crate) const MAX_BATCH: usize = 32;
+/// 1 MiB: the most signed bytes hashed in one go (at least one signature),
+/// so that a batch of large envelopes does not keep the small ones behind
+/// it waiting long (about 2 ms of SHA-512 on this kind of machine).
+pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
+
+type Answer = Result<Valid, CryptoError>;
 
 /// The batching verifier of one node.
 #[derive(Debug, Default)]
@@ -35,12 +46,13 @@ pub(crate) struct Verifier {
 
 #[derive(Debug, Default)]
 struct Queue {
-    waiting: Vec<(Signed, oneshot::Sender<bool>)>,
-    /// A checking task is running (it looks at `waiting` again before it ends).
+    waiting: Vec<(Signed, oneshot::Sender<Answer>)>,
+    /// A checking thread is running or about to (it looks at `waiting`
+    /// again before it ends).
     running: bool,
 }
 
-/// The check did not finish: the runtime is shutting down.
+/// The check did not finish: the node is stopping, or the check failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Unfinished;
 
@@ -49,7 +61,8 @@ impl Verifier {
     /// batch with whatever else arrives meanwhile.
     ///
     /// # Errors
-    /// `Ok(Err(_))` as `verify`; `Err(Unfinished)` only at shutdown.
+    /// `Ok(Err(_))` as `verify`; `Err(Unfinished)` if the check could not
+    /// be made (a transient condition: the sender tries again).
     pub(crate) async fn verify(
         self: &Arc<Self>,
         envelope: &[u8],
@@ -60,12 +73,12 @@ impl Verifier {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
-        let good = self.check(signed).await?;
-        Ok(unchecked.finish(good, now_ms))
+        let answer = self.check(signed).await?;
+        Ok(unchecked.finish(answer, now_ms))
     }
 
     /// Queues one signature and waits for its answer.
-    async fn check(self: &Arc<Self>, signed: Signed) -> Result<bool, Unfinished> {
+    async fn check(self: &Arc<Self>, signed: Signed) -> Result<Answer, Unfinished> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut q = lock(&self.queue);
@@ -73,52 +86,61 @@ impl Verifier {
             !std::mem::replace(&mut q.running, true)
         };
         if start {
-            // Spawned, not run here: a waiter that goes away (its connection
-            // closed) must not take the others' check with it.
-            let me = Arc::clone(self);
-            tokio::spawn(async move { me.run().await });
+            // The guard exists before the thread is asked for: if the task
+            // is never run (the runtime is stopping) or panics, dropping it
+            // answers the waiters and lets the next arrival start anew.
+            let running = Running {
+                verifier: Arc::clone(self),
+                finished: false,
+            };
+            tokio::task::spawn_blocking(move || running.run());
         }
         rx.await.map_err(|_| Unfinished)
     }
+}
 
+/// The checking thread's hold on `running`.
+struct Running {
+    verifier: Arc<Verifier>,
+    finished: bool,
+}
+
+impl Running {
     /// Checks batches until nothing waits.
-    async fn run(&self) {
-        let mut running = Running {
-            verifier: self,
-            finished: false,
-        };
+    fn run(mut self) {
         loop {
-            let batch: Vec<(Signed, oneshot::Sender<bool>)> = {
-                let mut q = lock(&self.queue);
+            let batch: Vec<(Signed, oneshot::Sender<Answer>)> = {
+                let mut q = lock(&self.verifier.queue);
+                // Whoever stopped waiting needs no answer.
+                q.waiting.retain(|(_, reply)| !reply.is_closed());
                 if q.waiting.is_empty() {
                     q.running = false;
-                    running.finished = true;
+                    self.finished = true;
                     return;
                 }
-                let n = q.waiting.len().min(MAX_BATCH);
+                let (mut n, mut bytes) = (0, 0);
+                while n < q.waiting.len()
+                    && n < MAX_BATCH
+                    && (n == 0 || bytes + q.waiting[n].0.len() <= MAX_BATCH_BYTES)
+                {
+                    bytes += q.waiting[n].0.len();
+                    n += 1;
+                }
                 q.waiting.drain(..n).collect()
             };
             let (items, replies): (Vec<Signed>, Vec<_>) = batch.into_iter().unzip();
             for (answer, reply) in verify_batch(&items).into_iter().zip(replies) {
                 // The waiter may have gone (its connection closed).
-                let _ = reply.send(answer.is_ok());
+                let _ = reply.send(answer);
             }
-            // Let the waiters just answered, and the runtime, move on.
-            tokio::task::yield_now().await;
         }
     }
 }
 
-/// If the checking task ends other than by finding the queue empty
-/// (dropped at shutdown, or a panic), its waiters are answered
-/// [`Unfinished`] (a transient refusal: the sender retries) and the next
-/// arrival starts a new task.
-struct Running<'a> {
-    verifier: &'a Verifier,
-    finished: bool,
-}
-
-impl Drop for Running<'_> {
+impl Drop for Running {
+    /// If the check ends other than by finding the queue empty (never run,
+    /// or a panic), its waiters are answered [`Unfinished`] (a transient
+    /// refusal: the sender retries) and the next arrival starts anew.
     fn drop(&mut self) {
         if !self.finished {
             let mut q = lock(&self.verifier.queue);
@@ -190,5 +212,45 @@ mod tests {
             q.waiting.is_empty() && !q.running,
             "nothing left waiting, no check running"
         );
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_check_that_never_runs_answers_its_waiters_and_the_next_starts_anew() {
+        let now = crate::clock::now_ms();
+        let f = Fixture::new(&[("region-uppsala", Class::Secret), ("msb", Class::Secret)], now);
+        let uppsala = f.node("region-uppsala");
+        let draft = Draft {
+            origin: uppsala.id.clone(),
+            author: "TiB".into(),
+            label: Label::new(Class::Sensitive),
+            precedence: Precedence::Routine,
+            mode: Mode::Exercise,
+            content_type: ContentType::SituationReport,
+            recipients: vec![NodeId::new("msb").expect("id")],
+            in_reply_to: None,
+            expires_ms: now + DAY_MS,
+            payload: b"ICU 4/38",
+        };
+        let bytes = envelope::seal(&draft, &uppsala.signing, &f.roster, now)
+            .expect("seal")
+            .bytes;
+        let verifier = Arc::new(Verifier::default());
+        // A waiter queued behind a check whose thread never runs (as when
+        // the runtime stops before it gets to it).
+        let (_, signed) = Unchecked::decode(&bytes, &f.roster).expect("decodes");
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut q = lock(&verifier.queue);
+            q.waiting.push((signed, tx));
+            q.running = true;
+        }
+        drop(Running {
+            verifier: Arc::clone(&verifier),
+            finished: false,
+        });
+        assert!(rx.await.is_err(), "answered: the check did not finish");
+        assert!(!lock(&verifier.queue).running);
+        // The next arrival starts a check of its own.
+        let got = verifier.verify(&bytes, &f.roster, now).await.expect("finished");
+        assert!(got.is_ok(), "{got:?}");
     }
 }
