@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// `sitrep-node`'s layers, bottom first (see its `lib.rs`).
 const NODE_LAYERS: &[&[&str]] = &[
     &["clock", "config", "event", "metrics"],
-    &["error"],
+    &["error", "verifier"],
     &["feedstate"],
     &["shared"],
     &["service"],

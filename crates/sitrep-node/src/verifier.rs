@@ -27,7 +27,11 @@ use sitrep_crypto::CryptoError;
 use sitrep_crypto::sign::{Signed, Valid, verify_batch};
 use tokio::sync::oneshot;
 
-use crate::shared::lock;
+/// The queue's lock, taken also after a panic elsewhere (the queue stays
+/// consistent: every change to it is one statement).
+fn lock(m: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// 32: the most signatures checked in one go.
 pub(crate) const MAX_BATCH: usize = 32;
