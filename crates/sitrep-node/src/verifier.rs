@@ -9,10 +9,13 @@
 //!
 //! Transfers are read concurrently, one task each. A task decodes its
 //! envelope, queues the signature here and waits. Whoever finds no check
-//! running starts one on a blocking thread (the hashing and curve work stay
-//! off the runtime's workers): it takes what is queued (at most
-//! [`MAX_BATCH`] signatures and [`MAX_BATCH_BYTES`] of signed bytes),
-//! checks it, answers each waiter, and goes on while more queued meanwhile.
+//! running spawns one, a task on the runtime's workers: it takes what is
+//! queued (at most [`MAX_BATCH`] signatures and [`MAX_BATCH_BYTES`] of
+//! signed bytes), checks it, answers each waiter, yields, and goes on while
+//! more queued meanwhile. (On a blocking thread instead, each batch waited
+//! for that thread to be scheduled: the hop alone measured 9,000–9,800
+//! messages/s against 11,000–11,400 here, and p99 at 500 reports/s 8–27 ms
+//! against 5–10 ms.)
 //! Under load, signatures queue while a batch is checked, so batches grow
 //! with the load; a lone transfer is checked alone, at once. The queue holds
 //! one entry per transfer being read, so the peer limits on concurrent
@@ -36,8 +39,10 @@ fn lock(m: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 /// 32: the most signatures checked in one go.
 pub(crate) const MAX_BATCH: usize = 32;
 /// 1 MiB: the most signed bytes hashed in one go (at least one signature),
-/// so that a batch of large envelopes does not keep the small ones behind
-/// it waiting long (about 2 ms of SHA-512 on this kind of machine).
+/// so that a batch holds a runtime worker for at most about 2 ms of SHA-512
+/// on this kind of machine, plus the curve work of [`MAX_BATCH`] (≈ 0.6 ms).
+/// One envelope of the largest size alone takes longer, as it did when each
+/// task checked its own.
 pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type Answer = Result<Valid, CryptoError>;
@@ -51,8 +56,8 @@ pub(crate) struct Verifier {
 #[derive(Debug, Default)]
 struct Queue {
     waiting: Vec<(Signed, oneshot::Sender<Answer>)>,
-    /// A checking thread is running or about to (it looks at `waiting`
-    /// again before it ends).
+    /// A checking task is running or about to (it looks at `waiting` again
+    /// before it ends).
     running: bool,
 }
 
@@ -90,20 +95,20 @@ impl Verifier {
             !std::mem::replace(&mut q.running, true)
         };
         if start {
-            // The guard exists before the thread is asked for: if the task
-            // is never run (the runtime is stopping) or panics, dropping it
-            // answers the waiters and lets the next arrival start anew.
+            // The guard exists before the task: if the task is never run (the
+            // runtime is stopping) or panics, dropping it answers the waiters
+            // and lets the next arrival start anew.
             let running = Running {
                 verifier: Arc::clone(self),
                 finished: false,
             };
-            tokio::task::spawn_blocking(move || running.run());
+            tokio::spawn(running.run());
         }
         rx.await.map_err(|_| Unfinished)
     }
 }
 
-/// The checking thread's hold on `running`.
+/// The checking task's hold on `running`.
 struct Running {
     verifier: Arc<Verifier>,
     finished: bool,
@@ -111,7 +116,7 @@ struct Running {
 
 impl Running {
     /// Checks batches until nothing waits.
-    fn run(mut self) {
+    async fn run(mut self) {
         loop {
             let batch: Vec<(Signed, oneshot::Sender<Answer>)> = {
                 let mut q = lock(&self.verifier.queue);
@@ -137,6 +142,8 @@ impl Running {
                 // The waiter may have gone (its connection closed).
                 let _ = reply.send(answer);
             }
+            // Let the waiters just answered, and the rest of the runtime, go on.
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -238,7 +245,7 @@ mod tests {
             .expect("seal")
             .bytes;
         let verifier = Arc::new(Verifier::default());
-        // A waiter queued behind a check whose thread never runs (as when
+        // A waiter queued behind a check whose task never runs (as when
         // the runtime stops before it gets to it).
         let (_, signed) = Unchecked::decode(&bytes, &f.roster).expect("decodes");
         let (tx, rx) = oneshot::channel();
