@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use prost::Message as _;
 use sitrep_crypto::seal::Wrapped;
-use sitrep_crypto::sign::{Signed, Valid, verify_batch};
+use sitrep_crypto::sign::{Signed, Valid};
 use sitrep_crypto::{ContentKey, CryptoError, HpkeSecretKey, SigningKey};
 use sitrep_proto::v1 as pb;
 use zeroize::Zeroizing;
@@ -495,10 +495,7 @@ pub fn peek(envelope: &[u8]) -> Result<(pb::Envelope, HeaderInfo), OpenError> {
 /// [`OpenError`] naming the first problem.
 pub fn verify(envelope: &[u8], roster: &Roster, now_ms: i64) -> Result<Verified, OpenError> {
     let (unchecked, signed) = Unchecked::decode(envelope, roster)?;
-    let answer = verify_batch(std::slice::from_ref(&signed))
-        .pop()
-        .unwrap_or(Err(CryptoError::BadSignature));
-    unchecked.finish(answer, now_ms)
+    unchecked.finish(signed.check(), now_ms)
 }
 
 /// An envelope decoded and its origin's key found, its signature not yet

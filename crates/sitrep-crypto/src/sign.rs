@@ -144,14 +144,12 @@ impl VerifyingKey {
     /// # Errors
     /// [`CryptoError::BadSignature`] if it does not verify.
     pub fn verify(&self, domain: &[u8], message: &[u8], signature: &[u8]) -> Result<(), CryptoError> {
-        Signed::new(self, domain, message, signature)
-            .check_alone()
-            .map(|_| ())
+        Signed::new(self, domain, message, signature).check().map(|_| ())
     }
 }
 
-/// A signature that verified: only [`verify_batch`] (and
-/// [`VerifyingKey::verify`]) make one.
+/// A signature that verified: only [`Signed::check`] and [`verify_batch`]
+/// make one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Valid(());
 
@@ -211,7 +209,11 @@ impl Signed {
         self.signed.is_empty()
     }
 
-    fn check_alone(&self) -> Result<Valid, CryptoError> {
+    /// Checks this signature alone, with the equation [`verify_batch`] uses.
+    ///
+    /// # Errors
+    /// [`CryptoError::BadSignature`] if it does not verify.
+    pub fn check(&self) -> Result<Valid, CryptoError> {
         match (&self.key.point, &self.signature) {
             (Some(key), Some(sig)) => key
                 .verify(sig, &self.signed)
@@ -249,44 +251,36 @@ impl Signed {
 pub fn verify_batch(items: &[Signed]) -> Vec<Result<Valid, CryptoError>> {
     let mut out: Vec<Result<Valid, CryptoError>> =
         items.iter().map(|_| Err(CryptoError::BadSignature)).collect();
-    let checkable: Vec<usize> = (0..items.len())
-        .filter(|&i| items[i].key.point.is_some() && items[i].signature.is_some())
+    let checkable: Vec<(usize, ed25519_zebra::VerificationKey, ed25519_zebra::Signature)> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| Some((i, item.key.point?, item.signature?)))
         .collect();
-    settle(items, &checkable, &mut out);
-    out
-}
-
-/// Answers `which` (all checkable): as a batch, then each of a failed one alone.
-fn settle(items: &[Signed], which: &[usize], out: &mut [Result<Valid, CryptoError>]) {
-    match which {
+    match checkable.as_slice() {
         [] => {}
-        [one] => out[*one] = items[*one].check_alone(),
+        [(i, ..)] => out[*i] = items[*i].check(),
         _ => {
             let mut batch = ed25519_zebra::batch::Verifier::new();
-            for &i in which {
-                let (Some(key), Some(sig)) = (items[i].key.point, items[i].signature) else {
-                    continue;
-                };
+            for (i, key, sig) in &checkable {
                 batch.queue((
-                    ed25519_zebra::VerificationKeyBytes::from(key),
-                    sig,
-                    &items[i].signed,
+                    ed25519_zebra::VerificationKeyBytes::from(*key),
+                    *sig,
+                    &items[*i].signed,
                 ));
             }
             let rng = getrandom::rand_core::UnwrapErr(getrandom::SysRng);
-            if batch.verify(rng).is_ok() {
-                for &i in which {
-                    out[i] = Ok(Valid(()));
-                }
-            } else {
-                // Each alone: what single checks would have cost, plus the
-                // batch (halving costs more when many are bad).
-                for &i in which {
-                    out[i] = items[i].check_alone();
-                }
+            let all_good = batch.verify(rng).is_ok();
+            for (i, ..) in &checkable {
+                // A failed batch: each alone (halving costs more when many are bad).
+                out[*i] = if all_good {
+                    Ok(Valid(()))
+                } else {
+                    items[*i].check()
+                };
             }
         }
     }
+    out
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -487,7 +481,7 @@ mod tests {
             })
             .collect();
         for item in &odd {
-            assert_eq!(item.check_alone(), Ok(Valid(())), "cofactored: valid alone");
+            assert_eq!(item.check(), Ok(Valid(())), "cofactored: valid alone");
         }
         // In batches with honest signatures, many times over (fresh coefficients each time).
         for round in 0..16usize {

@@ -37,13 +37,13 @@ fn lock(m: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 }
 
 /// 32: the most signatures checked in one go.
-pub(crate) const MAX_BATCH: usize = 32;
+const MAX_BATCH: usize = 32;
 /// 1 MiB: the most signed bytes hashed in one go (at least one signature),
 /// so that a batch holds a runtime worker for at most about 2 ms of SHA-512
 /// on this kind of machine, plus the curve work of [`MAX_BATCH`] (≈ 0.6 ms).
 /// One envelope of the largest size alone takes longer, as it did when each
 /// task checked its own.
-pub(crate) const MAX_BATCH_BYTES: usize = 1 << 20;
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 type Answer = Result<Valid, CryptoError>;
 
@@ -167,30 +167,35 @@ mod tests {
     use sitrep_core::fixture::{DAY_MS, Fixture};
     use sitrep_core::{Class, ContentType, Draft, Label, Mode, NodeId, Precedence, envelope};
 
+    /// A report from Uppsala to MSB, sealed.
+    fn sealed(f: &Fixture, now: i64, payload: &[u8]) -> Vec<u8> {
+        let uppsala = f.node("region-uppsala");
+        let draft = Draft {
+            origin: uppsala.id.clone(),
+            author: "TiB".into(),
+            label: Label::new(Class::Sensitive),
+            precedence: Precedence::Routine,
+            mode: Mode::Exercise,
+            content_type: ContentType::SituationReport,
+            recipients: vec![NodeId::new("msb").expect("id")],
+            in_reply_to: None,
+            expires_ms: now + DAY_MS,
+            payload,
+        };
+        envelope::seal(&draft, &uppsala.signing, &f.roster, now)
+            .expect("seal")
+            .bytes
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_envelopes_each_get_the_answer_they_get_alone() {
         let now = crate::clock::now_ms();
         let f = Fixture::new(&[("region-uppsala", Class::Secret), ("msb", Class::Secret)], now);
         let roster = Arc::new(f.roster.clone());
-        let uppsala = f.node("region-uppsala");
         let mut envelopes = Vec::new();
         for i in 0..200u32 {
             let payload = i.to_be_bytes().repeat(100);
-            let draft = Draft {
-                origin: uppsala.id.clone(),
-                author: "TiB".into(),
-                label: Label::new(Class::Sensitive),
-                precedence: Precedence::Routine,
-                mode: Mode::Exercise,
-                content_type: ContentType::SituationReport,
-                recipients: vec![NodeId::new("msb").expect("id")],
-                in_reply_to: None,
-                expires_ms: now + DAY_MS,
-                payload: &payload,
-            };
-            let mut bytes = envelope::seal(&draft, &uppsala.signing, &f.roster, now)
-                .expect("seal")
-                .bytes;
+            let mut bytes = sealed(&f, now, &payload);
             // Every seventh a bad signature, every eleventh undecodable.
             if i % 7 == 3 {
                 let at = bytes.len() - 5;
@@ -228,22 +233,7 @@ mod tests {
     async fn a_check_that_never_runs_answers_its_waiters_and_the_next_starts_anew() {
         let now = crate::clock::now_ms();
         let f = Fixture::new(&[("region-uppsala", Class::Secret), ("msb", Class::Secret)], now);
-        let uppsala = f.node("region-uppsala");
-        let draft = Draft {
-            origin: uppsala.id.clone(),
-            author: "TiB".into(),
-            label: Label::new(Class::Sensitive),
-            precedence: Precedence::Routine,
-            mode: Mode::Exercise,
-            content_type: ContentType::SituationReport,
-            recipients: vec![NodeId::new("msb").expect("id")],
-            in_reply_to: None,
-            expires_ms: now + DAY_MS,
-            payload: b"ICU 4/38",
-        };
-        let bytes = envelope::seal(&draft, &uppsala.signing, &f.roster, now)
-            .expect("seal")
-            .bytes;
+        let bytes = sealed(&f, now, b"ICU 4/38");
         let verifier = Arc::new(Verifier::default());
         // A waiter queued behind a check whose task never runs (as when
         // the runtime stops before it gets to it).
