@@ -33,8 +33,6 @@ const LONG: Duration = Duration::from_secs(60);
 type TestFn = fn(Browser) -> Pin<Box<dyn Future<Output = ()>>>;
 
 fn main() {
-    // fantoccini's connector asks rustls for the process's provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let tests: [(&str, TestFn); 5] = [
         (
             "reporter_fixes_an_invalid_field_and_sees_every_recipient_delivered",
@@ -177,8 +175,8 @@ impl Browser {
         });
         let caps = caps.as_object().cloned().expect("an object");
         let url = format!("http://127.0.0.1:{port}");
-        let connected = ClientBuilder::rustls()
-            .expect("connector")
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let connected = ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&url)
             .await;
