@@ -3,6 +3,9 @@
 //!
 //! `cargo bench --bench envelope`
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sitrep_core::fixture::{DAY_MS, Fixture};
 use sitrep_core::{Class, ContentType, Draft, Label, Mode, NodeId, Precedence, envelope};

@@ -20,6 +20,9 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) a smoke run.
 
+#[path = "support/alloc.rs"]
+mod alloc;
+
 #[path = "support/reports.rs"]
 mod reports;
 
