@@ -15,12 +15,14 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// mimalloc, not the system's allocator: the node allocates and frees a
-/// few buffers of 4 KiB and more per message, where glibc's malloc spent
-/// 12 % of the path's CPU (consolidating its fast bins); with mimalloc the
-/// path bench carries 10–20 % more reports per second (`benches/README.md`).
+/// jemalloc, not the system's allocator. The node allocates and frees
+/// buffers of 4 KiB and more for every message; glibc's malloc spent 12 % of
+/// the path bench's CPU on them (most of it consolidating its fast bins).
+/// With jemalloc the path bench carries ≈ 23 % more reports per second.
+/// mimalloc was as fast, but in a 20-minute soak one node's resident memory
+/// stepped up 12 % after minute 5 (`benches/README.md`, stop 22).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     // Everything this process creates is for its user only (`0700`/`0600`),
