@@ -13,9 +13,6 @@
 //! `/proc/stat`) and how much of that was the bench itself, so figures
 //! taken on a shared machine can be judged.
 
-#[path = "support/alloc.rs"]
-mod alloc;
-
 #[path = "support/perf.rs"]
 mod perf;
 #[path = "support/reports.rs"]

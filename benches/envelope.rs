@@ -3,9 +3,6 @@
 //!
 //! `cargo bench --bench envelope`
 
-#[path = "support/alloc.rs"]
-mod alloc;
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sitrep_core::fixture::{DAY_MS, Fixture};
 use sitrep_core::{Class, ContentType, Draft, Label, Mode, NodeId, Precedence, envelope};

@@ -20,9 +20,6 @@
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) a smoke run.
 
-#[path = "support/alloc.rs"]
-mod alloc;
-
 #[path = "support/reports.rs"]
 mod reports;
 

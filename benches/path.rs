@@ -18,9 +18,6 @@
 //! smoke run instead. Exits non-zero if deliveries or receipts do not all
 //! arrive in time.
 
-#[path = "support/alloc.rs"]
-mod alloc;
-
 #[path = "support/perf.rs"]
 mod perf;
 #[path = "support/reports.rs"]

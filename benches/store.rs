@@ -8,9 +8,6 @@
 //! (`/proc/self/io` `write_bytes`, which counts page-cache writeback charged
 //! to this process) beside the envelope's size: the write amplification.
 
-#[path = "support/alloc.rs"]
-mod alloc;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -15,15 +15,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-/// jemalloc, not the system's allocator. The node allocates and frees
-/// buffers of 4 KiB and more for every message; glibc's malloc spent 12 % of
-/// the path bench's CPU on them (most of it consolidating its fast bins).
-/// With jemalloc the path bench carries ≈ 23 % more reports per second.
-/// mimalloc was as fast, but in a 20-minute soak one node's resident memory
-/// stepped up 12 % after minute 5 (`benches/README.md`, stop 22).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     // Everything this process creates is for its user only (`0700`/`0600`),
     // files that libraries create included (sled's), whatever umask it was
