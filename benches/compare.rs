@@ -10,9 +10,13 @@
 //! neither network nor NATS.
 //!
 //! For each run it also prints how busy the machine's CPUs were (from
-//! `/proc/stat`) and how much of that was the bench itself, so figures
-//! taken on a shared machine can be judged.
+//! `/proc/stat`), how much of that was the bench itself, and how much the
+//! hypervisor took (steal), so figures taken on a shared machine can be
+//! judged (`support/load.rs`).
 
+#[path = "support/load.rs"]
+#[allow(dead_code, reason = "the CPU time in jiffies is for the path bench")]
+mod load;
 #[path = "support/perf.rs"]
 mod perf;
 #[path = "support/reports.rs"]
@@ -27,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use async_nats::jetstream;
+use load::{Load, LoadMeter};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -160,138 +165,6 @@ async fn run(server: PathBuf, n: usize) -> anyhow::Result<()> {
 /// Generous: a run slower than 50 messages/s still finishes.
 fn timeout(n: usize) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(20).saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
-}
-
-// ---------------------------------------------------------------------------
-// Machine load
-
-/// Jiffies of all CPUs together, from the first line of `/proc/stat`.
-#[derive(Debug, Clone, Copy)]
-struct CpuTimes {
-    total: u64,
-    idle: u64,
-    iowait: u64,
-}
-
-fn machine_cpu() -> anyhow::Result<CpuTimes> {
-    let stat = std::fs::read_to_string("/proc/stat").context("/proc/stat")?;
-    let first = stat.lines().next().unwrap_or_default();
-    let f: Vec<u64> = first
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("/proc/stat: {first:?}"))?;
-    ensure!(f.len() >= 8, "/proc/stat: too few fields in {first:?}");
-    // user nice system idle iowait irq softirq steal; guest time is already in user.
-    Ok(CpuTimes {
-        total: f.iter().take(8).sum(),
-        idle: f[3],
-        iowait: f[4],
-    })
-}
-
-/// User + system jiffies of process `pid` ("self" for this one), all threads.
-fn process_cpu(pid: &str) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| path.clone())?;
-    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("{path}: no ')'"))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime field 14, stime field 15.
-    let field = |i: usize| -> anyhow::Result<u64> {
-        f.get(i - 3)
-            .ok_or_else(|| anyhow!("{path}: no field {i}"))?
-            .parse()
-            .with_context(|| format!("{path}: field {i}"))
-    };
-    Ok(field(14)? + field(15)?)
-}
-
-/// CPU use of the machine while something ran, and the bench's part of it.
-#[derive(Debug)]
-struct LoadMeter {
-    /// The processes that count as the bench, and their CPU time at the start.
-    pids: Vec<(String, u64)>,
-    machine: CpuTimes,
-}
-
-impl LoadMeter {
-    /// Starts measuring; `pids` are the processes that count as the bench.
-    fn start(pids: &[&str]) -> anyhow::Result<Self> {
-        let pids = pids
-            .iter()
-            .map(|p| Ok(((*p).to_owned(), process_cpu(p)?)))
-            .collect::<anyhow::Result<_>>()?;
-        perf::control("enable");
-        Ok(Self {
-            pids,
-            machine: machine_cpu()?,
-        })
-    }
-
-    fn finish(&self) -> anyhow::Result<Load> {
-        perf::control("disable");
-        let used = self
-            .pids
-            .iter()
-            .map(|(p, before)| Ok(process_cpu(p)?.saturating_sub(*before)))
-            .collect::<anyhow::Result<Vec<u64>>>()?;
-        let m = machine_cpu()?;
-        let total = m.total.saturating_sub(self.machine.total).max(1) as f64;
-        let idle = m.idle.saturating_sub(self.machine.idle) as f64;
-        let iowait = m.iowait.saturating_sub(self.machine.iowait) as f64;
-        let busy_pct = 100.0 * (total - idle - iowait) / total;
-        let per_process_pct: Vec<f64> = used.iter().map(|u| 100.0 * *u as f64 / total).collect();
-        let bench_pct = per_process_pct.iter().sum::<f64>();
-        let loadavg = std::fs::read_to_string("/proc/loadavg").context("/proc/loadavg")?;
-        Ok(Load {
-            busy_pct,
-            iowait_pct: 100.0 * iowait / total,
-            bench_pct,
-            per_process_pct,
-            // Process and machine times are sampled a moment apart.
-            others_pct: (busy_pct - bench_pct).max(0.0),
-            loadavg_1m: loadavg.split_whitespace().next().unwrap_or("?").to_owned(),
-        })
-    }
-}
-
-/// Percentages of all CPUs over one run.
-#[derive(Debug)]
-struct Load {
-    /// Not idle and not waiting for I/O.
-    busy_pct: f64,
-    iowait_pct: f64,
-    /// This process, and the NATS server during the NATS run.
-    bench_pct: f64,
-    /// `bench_pct` per process, in the order given to [`LoadMeter::start`].
-    per_process_pct: Vec<f64>,
-    /// Everything else on the machine.
-    others_pct: f64,
-    loadavg_1m: String,
-}
-
-impl Load {
-    /// CPU time this process (and the NATS server, in its run) spent per
-    /// message over a run of `n` messages that took `elapsed`, in µs.
-    fn cpu_us_per_msg(&self, elapsed: Duration, n: usize) -> f64 {
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get) as f64;
-        self.bench_pct / 100.0 * cpus * elapsed.as_secs_f64() * 1e6 / n as f64
-    }
-}
-
-impl std::fmt::Display for Load {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cpu_busy_pct={:.1} iowait_pct={:.1} bench_pct={:.1} others_pct={:.1} loadavg_1m={}",
-            self.busy_pct, self.iowait_pct, self.bench_pct, self.others_pct, self.loadavg_1m
-        )
-    }
 }
 
 // ---------------------------------------------------------------------------

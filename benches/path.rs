@@ -18,6 +18,12 @@
 //! smoke run instead. Exits non-zero if deliveries or receipts do not all
 //! arrive in time.
 
+#[path = "support/load.rs"]
+#[allow(
+    dead_code,
+    reason = "the per-process shares and per-message figures are for the compare bench"
+)]
+mod load;
 #[path = "support/perf.rs"]
 mod perf;
 #[path = "support/reports.rs"]
@@ -150,12 +156,16 @@ async fn run(p: Params) -> anyhow::Result<()> {
     let delivered_per_s = p.n as f64 / s.delivered.as_secs_f64();
     println!(
         "path.sustained reports_per_s={delivered_per_s:.0} n={} in_flight={IN_FLIGHT} last_delivery_s={:.3} \
-         all_accepted_s={:.3} cpu_us_per_report={:.0} cpu_pct={:.1} report_bytes={REPORT_BYTES}",
+         all_accepted_s={:.3} cpu_us_per_report={:.0} cpu_pct={:.1} report_bytes={REPORT_BYTES} \
+         steal_pct={:.1} others_pct={:.1} iowait_pct={:.1}",
         p.n,
         s.delivered.as_secs_f64(),
         s.accepted.as_secs_f64(),
         s.cpu.as_secs_f64() * 1e6 / p.n as f64,
         100.0 * s.cpu.as_secs_f64() / s.receipts.as_secs_f64() / 2.0,
+        s.machine.steal_pct,
+        s.machine.others_pct,
+        s.machine.iowait_pct,
     );
     println!(
         "path.receipts all_back_s={:.3} reports_per_s={:.0} n={}",
@@ -321,6 +331,8 @@ struct Sustained {
     accepted: Duration,
     /// CPU time of the whole process (three nodes) until the last receipt.
     cpu: Duration,
+    /// The machine's load over the same window.
+    machine: load::Load,
 }
 
 async fn sustained(
@@ -331,8 +343,7 @@ async fn sustained(
     let deadline = Instant::now() + Params::timeout(n);
     let delivered = collect(net.node(AUTHORITY).events(), Want::Delivered, n, deadline);
     let receipts = collect(net.node(REGION).events(), Want::Receipt, n, deadline);
-    let cpu0 = process_cpu()?;
-    perf::control("enable");
+    let meter = load::LoadMeter::start(&["self"])?;
     let t0 = Instant::now();
     let ids: Vec<MessageId> = submit_all(net, template, n, deadline)
         .await?
@@ -342,8 +353,8 @@ async fn sustained(
     let accepted = t0.elapsed();
     let delivered = join(delivered).await?;
     let receipts = join(receipts).await?;
-    perf::control("disable");
-    let cpu = process_cpu()?.saturating_sub(cpu0);
+    let machine = meter.finish()?;
+    let cpu = Duration::from_millis(machine.cpu_jiffies * 10);
     let last = |m: &HashMap<MessageId, Instant>| -> anyhow::Result<Duration> {
         let mut last = t0;
         for id in &ids {
@@ -359,27 +370,8 @@ async fn sustained(
         receipts: last(&receipts)?,
         accepted,
         cpu,
+        machine,
     })
-}
-
-/// CPU time (user and system) this process has used, from `/proc/self/stat`
-/// (in clock ticks of 1/100 s, Linux's fixed USER_HZ).
-fn process_cpu() -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("/proc/self/stat")?;
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow!("/proc/self/stat without a command name"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| anyhow!("/proc/self/stat field {} unreadable", i + 3))
-    };
-    // utime and stime are fields 14 and 15.
-    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 /// Submits `n` reports at the region, [`IN_FLIGHT`] at a time, as fast as it takes them.
